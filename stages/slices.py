@@ -1,0 +1,60 @@
+"""prepare and undersample: fastMRI files into the slices and undersampled zarr stores."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.parallel import worker_count
+from pipeline.slice_stores import MaskSpec, build_slices_store, build_undersampled_store, scan
+from stages.app import PARAMS_OPTION, app, stage
+from stages.progress import bar
+from stages.settings import load_params
+
+RAW_HELP = "fastMRI root with {train,val,test}/*.h5 (default: data.raw_dir)"
+
+
+@app.command("prepare")
+@stage
+def prepare_cmd(
+    raw_dir: Optional[Path] = typer.Option(None, help=RAW_HELP),
+    out: Path = typer.Option(Path("data/slices.zarr"), help="slices store to write"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Fully sampled targets. Reads: data.raw_dir (fastMRI h5). Writes: data/slices.zarr
+    (volume, slice, target, max_value per split). Params: data.*."""
+    p = load_params(params)
+    raw = raw_dir or Path(p.data.raw_dir)
+    scans = scan(raw, p.data.challenge, p.data.crop)
+    total = sum(i.n_slices for infos in scans.values() for i in infos)
+    with bar(total, "prepare") as update:
+        counts = build_slices_store(out, scans, raw_dir=str(raw), challenge=p.data.challenge, crop=p.data.crop,
+                                    workers=worker_count(p.data.workers), progress=update)
+    typer.echo(f"prepare: {out} ({_fmt(counts)})")
+
+
+@app.command("undersample")
+@stage
+def undersample_cmd(
+    raw_dir: Optional[Path] = typer.Option(None, help=RAW_HELP),
+    out: Path = typer.Option(Path("data/undersampled.zarr"), help="undersampled store to write"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Zero-filled inputs under fastMRI masks. Reads: data.raw_dir (fastMRI h5). Writes:
+    data/undersampled.zarr (image, mean, std, mask per split). Params: data.*, mask.*."""
+    p = load_params(params)
+    raw = raw_dir or Path(p.data.raw_dir)
+    m = p.mask
+    spec = MaskSpec(m.type, m.acceleration, m.center_fraction)
+    scans = scan(raw, p.data.challenge, p.data.crop)
+    total = sum(i.n_slices for infos in scans.values() for i in infos)
+    with bar(total, "undersample") as update:
+        counts = build_undersampled_store(out, scans, raw_dir=str(raw), challenge=p.data.challenge,
+                                          crop=p.data.crop, mask=spec, workers=worker_count(p.data.workers),
+                                          progress=update)
+    typer.echo(f"undersample: {out} ({_fmt(counts)}, {m.type} mask, {m.acceleration:g}x)")
+
+
+def _fmt(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v} slices" for k, v in counts.items())

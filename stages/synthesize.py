@@ -1,0 +1,31 @@
+"""synthesize: the embedded synthetic knee dataset in the fastMRI / fastMRI+ / MRNet formats."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pipeline.store import atomic_path
+from pipeline.synthetic import SyntheticSpec, synthesize
+from stages.app import PARAMS_OPTION, app, stage
+from stages.progress import bar
+from stages.settings import load_params
+
+
+@app.command("synthesize")
+@stage
+def synthesize_cmd(
+    out: Path = typer.Option(Path("data/synthetic"), help="output root"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Write the synthetic dataset. Reads: nothing. Writes: OUT/fastmri/{train,val,test}/file*.h5
+    (fastMRI knee format), OUT/annotations.csv (fastMRI+ boxes), OUT/mrnet/ (MRNet-v1.0 exams).
+    Params: seed, synthetic.*."""
+    p = load_params(params)
+    s = p.synthetic
+    spec = SyntheticSpec(volumes=dict(s.volumes), slices=s.slices, recon_size=s.recon_size, coils=s.coils,
+                         lesion_rate=s.lesion_rate, noise=s.noise, exams=dict(s.exams), exam_slices=s.exam_slices)
+    total = sum(s.volumes.values()) + sum(s.exams.values())
+    with atomic_path(out) as tmp, bar(total, "synthesize", unit="volume") as update:
+        synthesize(tmp, spec, p.seed, progress=update)
+    typer.echo(f"synthesize: wrote {sum(s.volumes.values())} volumes and {sum(s.exams.values())} exams to {out}")
