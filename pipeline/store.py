@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from pipeline.errors import InputError
 
@@ -59,22 +60,35 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _row_bytes(row_shape: tuple[int, ...], dtype) -> int:
+    return int(np.prod(row_shape)) * np.dtype(dtype if dtype is not str else "U16").itemsize
+
+
 class ShardedWriter:
-    """Writes rows (first axis) of several arrays in one zarr group, a full shard at a time."""
+    """Writes rows (first axis) of several arrays in one zarr group.
+
+    Image arrays (2-D rows) get one slice per chunk and are written a full shard at a time.
+    Per-slice scalars and 1-D rows (masks) are one chunk each, written once at close(): one-element
+    chunks would cost more in per-chunk overhead than the images themselves.
+    """
 
     def __init__(self, group: zarr.Group, n: int, arrays: dict[str, tuple[tuple[int, ...], object]],
                  shard: int | None = None):
-        row_bytes = max(int(np.prod(s)) * np.dtype(d if d is not str else "U1").itemsize
-                        for s, d in arrays.values())
-        self.shard = shard or shard_slices(row_bytes)
+        big = {k: v for k, v in arrays.items() if len(v[0]) >= 2}
+        self.shard = shard or shard_slices(max((_row_bytes(*v) for v in big.values()), default=1))
+        self.shard = min(self.shard, max(n, 1))
         self.n = n
         self.arrays = {}
         for name, (row_shape, dtype) in arrays.items():
+            rows = (1 if name in big else max(n, 1))
             self.arrays[name] = group.create_array(
-                name, shape=(n, *row_shape), chunks=(1, *row_shape),
-                shards=(min(self.shard, max(n, 1)), *row_shape), dtype=dtype,
+                name, shape=(n, *row_shape), chunks=(rows, *row_shape),
+                shards=(self.shard, *row_shape) if name in big else None, dtype=dtype,
                 fill_value="" if dtype is str else None,
+                # zstd level 1: float images barely compress, and level 3 doubles the write time.
+                compressors=None if dtype is str else ZstdCodec(level=1),
             )
+        self._big = set(big)
         self._buf: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
         self._buffered = 0
         self._start = 0
@@ -88,12 +102,12 @@ class ShardedWriter:
         for k, v in rows.items():
             self._buf[k].append(np.asarray(v))
         self._buffered += lengths.pop()
-        step = self.arrays[next(iter(self.arrays))].shards[0]
-        while self._buffered >= step:
-            self._flush(step)
+        while self._big and self._buffered >= self.shard:
+            self._flush(self.shard)
 
     def _flush(self, count: int) -> None:
-        for k, parts in self._buf.items():
+        for k in self._big:
+            parts = self._buf[k]
             block = np.concatenate(parts) if len(parts) > 1 else parts[0]
             self.arrays[k][self._start:self._start + count] = block[:count]
             rest = block[count:]
@@ -102,10 +116,15 @@ class ShardedWriter:
         self._buffered -= count
 
     def close(self) -> None:
-        if self._buffered:
+        if self._buffered and self._big:
             self._flush(self._buffered)
-        if self._start != self.n:
-            raise RuntimeError(f"wrote {self._start} rows, expected {self.n}")
+        written = self._start if self._big else self._buffered
+        if written != self.n:
+            raise RuntimeError(f"wrote {written} rows, expected {self.n}")
+        for k in set(self.arrays) - self._big:
+            if self.n:
+                self.arrays[k][:] = np.concatenate(self._buf[k])
+            self._buf[k] = []
 
 
 def open_store(path: Path | str, *, kind: str) -> zarr.Group:
