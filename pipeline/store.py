@@ -144,14 +144,20 @@ def split_group(root: zarr.Group, split: str, path: Path | str) -> zarr.Group:
     return root[split]
 
 
+def as_str(values) -> np.ndarray:
+    """Fixed-width str array from what zarr returns for string arrays (numpy StringDType, which
+    does not cast with `.astype(str)`)."""
+    return np.asarray(np.asarray(values).tolist(), dtype=str)
+
+
 def check_aligned(ref: zarr.Group, other: zarr.Group, what: str) -> None:
     """Raise unless `other` lists the same (volume, slice) rows as `ref`, in the same order."""
     for key in ("volume", "slice"):
         if key not in other:
             raise InputError(f"{what}: has no '{key}' array to check alignment with the slices store")
-    a_vol, b_vol = ref["volume"][:], other["volume"][:]
+    a_vol, b_vol = as_str(ref["volume"][:]), as_str(other["volume"][:])
     if a_vol.shape != b_vol.shape:
         raise InputError(f"{what}: {b_vol.shape[0]} slices, the slices store has {a_vol.shape[0]}")
-    if not (np.array_equal(a_vol.astype(str), b_vol.astype(str))
+    if not (np.array_equal(a_vol, b_vol)
             and np.array_equal(ref["slice"][:], other["slice"][:])):
         raise InputError(f"{what}: volume/slice order differs from the slices store")

@@ -78,12 +78,13 @@ class GradCAMSettings(Section):
 
 class UNetSettings(Section):
     arch: Literal["fastmri", "seed"] = "fastmri"
-    chans: int = Field(16, ge=1)
-    num_pool_layers: int = Field(3, ge=1)
+    chans: int = Field(8, ge=1)
+    num_pool_layers: int = Field(4, ge=1)
     drop_prob: float = Field(0.0, ge=0, lt=1)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    residual: bool = True
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(3e-3, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -95,6 +96,8 @@ class LossSettings(Section):
 
 class EvaluateSettings(Section):
     n_figures: int = Field(4, ge=0)
+    frame: Optional[int] = Field(None, ge=1, description="recon frame of the annotation boxes; None = target shape")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class Params(Section):

@@ -1,0 +1,225 @@
+"""Grad-CAM ROI heatmaps from a trained MRNet, one per slice of the slices store.
+
+Per-slice scheme. MRNet's exam logit takes, per feature channel, the max over slices, so its
+gradient reaches only the slices that win that max; every other slice would get an empty map.
+We instead explain a per-slice logit `s_i = w . GAP(features(x_i)) + b`: the same trunk, pooling
+and linear unit, applied to one slice as if it were a one-slice exam (the exam logit is the
+linear unit applied to the channel-wise max of the very same pooled descriptors). Each slice thus
+gets the map of the evidence for "abnormal" that it holds itself, and a slice with a lesion gets
+a non-zero map whether or not it wins the max. The slices are independent in this forward pass,
+so one backward pass gives every slice's own gradient.
+
+Grad-CAM (captum's `LayerGradCam`) is taken at `layer` (default `features.10`, AlexNet's last
+convolution): channel weights = spatial mean of the gradient, map = ReLU(sum_k weight_k A_k).
+Maps are upsampled (bilinear) to the crop size, optionally Gaussian-smoothed, and divided by the
+volume's maximum, so they lie in [0, 1] per volume and a slice with little evidence stays low.
+
+Inputs are the fully sampled targets, scaled like the classifier exams (per-volume min/max to
+0..255, see `pipeline.models.mrnet.prepare_volume`) and normalised with the training statistics
+stored in the model config.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+from scipy.ndimage import gaussian_filter
+
+from pipeline.errors import InputError
+from pipeline.models.mrnet import MRNet, prepare_volume
+from pipeline.store import SPLITS, ShardedWriter, atomic_path, open_store, split_group
+
+Progress = Optional[Callable[[int], None]]
+
+
+@dataclass(frozen=True)
+class GradCAMSpec:
+    layer: str = "features.10"
+    smooth_sigma: float = 1.0       # Gaussian sigma in pixels of the crop; 0 = none
+    batch: int = 64                 # slices per forward/backward pass
+
+
+def check_layer(model: MRNet, layer: str) -> torch.nn.Module:
+    names = dict(model.named_modules())
+    if layer not in names or not layer.startswith("features."):
+        convs = [n for n, m in model.features.named_children()]
+        raise InputError(f"gradcam.layer: {layer!r} is not a layer of MRNet's trunk "
+                         f"(features.0 .. features.{convs[-1]})")
+    return names[layer]
+
+
+def explainable(model: MRNet) -> MRNet:
+    """A copy without in-place ReLUs: captum hooks the layer's output, and an in-place ReLU after
+    it would overwrite the activations the attribution needs."""
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def slice_cams(model: MRNet, x: torch.Tensor, layer: str, batch: int = 64) -> torch.Tensor:
+    """Raw Grad-CAM maps `(S, h, w)` (>= 0) of each slice's own logit, at `layer` resolution."""
+    from captum.attr import LayerGradCam
+
+    cam = LayerGradCam(model.slice_logits, check_layer(model, layer))
+    out = []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch].clone().requires_grad_(True)
+        a = cam.attribute(xb, target=0, relu_attributions=True)
+        out.append(a.detach()[:, 0])
+    return torch.cat(out)
+
+
+def volume_heatmaps(model: MRNet, config: dict, volume: np.ndarray, spec: GradCAMSpec) -> np.ndarray:
+    """Heatmaps `(S, C, C)` float32 in [0, 1] for one volume `(S, C, C)` in any units."""
+    S, H, W = volume.shape
+    x = prepare_volume(volume, int(config["image_size"]), float(config["mean"]), float(config["std"]))
+    cams = slice_cams(model, x, spec.layer, spec.batch)
+    up = F.interpolate(cams[:, None].float(), size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    heat = up.clamp_min(0).numpy().astype(np.float32)
+    if spec.smooth_sigma > 0:
+        heat = gaussian_filter(heat, sigma=(0, spec.smooth_sigma, spec.smooth_sigma), mode="nearest")
+    peak = float(heat.max())
+    return heat / peak if peak > 0 else np.zeros_like(heat)
+
+
+def as_str(values: np.ndarray) -> np.ndarray:
+    """Fixed-width str array from what zarr returns for string arrays (numpy StringDType, which
+    does not cast with `.astype(str)`)."""
+    return np.asarray(np.asarray(values).tolist(), dtype=str)
+
+
+def volume_runs(names: np.ndarray, path: Path | str, split: str) -> list[tuple[str, int, int]]:
+    """(volume, start, stop) for each volume of a split; each volume must be one contiguous run."""
+    runs: list[tuple[str, int, int]] = []
+    names = as_str(names)
+    start = 0
+    for i in range(1, len(names) + 1):
+        if i == len(names) or names[i] != names[start]:
+            runs.append((str(names[start]), start, i))
+            start = i
+    seen = [r[0] for r in runs]
+    if len(set(seen)) != len(seen):
+        raise InputError(f"{path}: split '{split}': slices of one volume are not contiguous")
+    return runs
+
+
+def check_slices_split(group: zarr.Group, path: Path | str, split: str) -> tuple[int, int]:
+    """Validate one split of the slices store; returns (N, C)."""
+    for key in ("volume", "slice", "target"):
+        if key not in group:
+            raise InputError(f"{path}: split '{split}' has no '{key}' array")
+    t = group["target"]
+    if t.ndim != 3 or t.shape[1] != t.shape[2]:
+        raise InputError(f"{path}: split '{split}': target must have rank 3 (N, C, C), got shape {t.shape}")
+    n = t.shape[0]
+    if n == 0:
+        raise InputError(f"{path}: split '{split}' is empty")
+    if group["volume"].shape != (n,) or group["slice"].shape != (n,):
+        raise InputError(f"{path}: split '{split}': volume/slice/target lengths differ")
+    return n, t.shape[1]
+
+
+def build_heatmaps_store(out: Path | str, slices_path: Path | str, model: MRNet, config: dict,
+                         spec: GradCAMSpec, progress: Progress = None, attrs: Optional[dict] = None
+                         ) -> dict[str, int]:
+    """Write the heatmaps store atomically (see `write_heatmaps`). Returns slices per split."""
+    with atomic_path(out) as tmp:
+        return write_heatmaps(tmp, slices_path, model, config, spec, progress, attrs)
+
+
+def write_heatmaps(path: Path | str, slices_path: Path | str, model: MRNet, config: dict,
+                   spec: GradCAMSpec, progress: Progress = None, attrs: Optional[dict] = None
+                   ) -> dict[str, int]:
+    """Heatmaps store at `path` (not atomic: give it a temporary path): per split `volume`,
+    `slice` (copied from the slices store, same order) and `heatmap` float32 (N, C, C)."""
+    slices = open_store(slices_path, kind="slices")
+    shapes = {s: check_slices_split(split_group(slices, s, slices_path), slices_path, s) for s in SPLITS}
+    model = explainable(model)
+    check_layer(model, spec.layer)
+    root = zarr.open_group(str(path), mode="w")
+    root.attrs.update({"kind": "heatmaps", "slices": str(slices_path), **asdict(spec),
+                       "scheme": "per-slice logit Grad-CAM, bilinear upsampling, "
+                                 "normalised to [0, 1] per volume", **(attrs or {})})
+    counts = {}
+    for split in SPLITS:
+        g = slices[split]
+        n, c = shapes[split]
+        names, idx = g["volume"][:], g["slice"][:].astype(np.int32)
+        group = root.create_group(split)
+        writer = ShardedWriter(group, n, {"volume": ((), str), "slice": ((), "int32"),
+                                          "heatmap": ((c, c), "float32")})
+        for name, a, b in volume_runs(names, slices_path, split):
+            target = np.asarray(g["target"][a:b], dtype=np.float32)
+            if not np.isfinite(target).all():
+                raise InputError(f"{slices_path}: split '{split}': volume {name} holds NaN or Inf")
+            writer.append(volume=as_str(names[a:b]), slice=idx[a:b],
+                          heatmap=volume_heatmaps(model, config, target, spec))
+            if progress:
+                progress(b - a)
+        writer.close()
+        counts[split] = n
+    return counts
+
+
+def recon_frames(slices_path: Path | str, split: str, frame: Optional[int] = None) -> dict[str, tuple[int, int]]:
+    """Recon frame (H, W) of each volume of a split, in which annotation boxes are given:
+    `frame` x `frame` when set (fastMRI+ knee: 320), else the target shape read from the
+    fastMRI files the slices store was built from (its `raw_dir` and `challenge` attrs)."""
+    from pipeline.io.fastmri import FastMRIFile
+
+    slices = open_store(slices_path, kind="slices")
+    names = sorted(set(as_str(split_group(slices, split, slices_path)["volume"][:])))
+    if frame is not None:
+        return {n: (frame, frame) for n in names}
+    raw_dir, challenge = slices.attrs.get("raw_dir"), slices.attrs.get("challenge")
+    frames = {}
+    for n in names:
+        path = Path(str(raw_dir)) / split / n
+        if raw_dir is None or not path.is_file():
+            raise InputError(f"{path}: fastMRI file not found to read the annotation frame size of {n}; "
+                             f"set gradcam.frame (320 for fastMRI+ knee boxes)")
+        with FastMRIFile(path, str(challenge)) as f:
+            frames[n] = tuple(int(v) for v in f.info.target_shape)
+    return frames
+
+
+def annotated_slices(group: zarr.Group, boxes: dict[tuple[str, int], list]) -> list[tuple[int, str, int, list, list]]:
+    """(row, volume, slice, boxes, labels) of the rows of a store split that have boxes."""
+    names = as_str(group["volume"][:])
+    idx = group["slice"][:]
+    out = []
+    for row, (name, k) in enumerate(zip(names, idx)):
+        found = boxes.get((str(name), int(k)))
+        if found:
+            out.append((row, str(name), int(k), [b for b, _ in found], [lab for _, lab in found]))
+    return out
+
+
+def open_heatmaps(path: Path | str, slices_path: Path | str, split: str) -> zarr.Group:
+    """One split of the heatmaps store, checked against the slices store (same volumes, slices and
+    order, crop size). Use this to read heatmaps."""
+    heat = open_store(path, kind="heatmaps")
+    slices = open_store(slices_path, kind="slices")
+    h, s = split_group(heat, split, path), split_group(slices, split, slices_path)
+    what = f"{path} ({split})"
+    for key in ("volume", "slice"):
+        if key not in h:
+            raise InputError(f"{what}: has no '{key}' array to check alignment with the slices store")
+    a_vol, b_vol = as_str(s["volume"][:]), as_str(h["volume"][:])
+    if a_vol.shape != b_vol.shape:
+        raise InputError(f"{what}: {b_vol.shape[0]} slices, the slices store has {a_vol.shape[0]}")
+    if not (np.array_equal(a_vol, b_vol) and np.array_equal(s["slice"][:], h["slice"][:])):
+        raise InputError(f"{what}: volume/slice order differs from the slices store")
+    if "heatmap" not in h or tuple(h["heatmap"].shape[1:]) != tuple(s["target"].shape[1:]):
+        raise InputError(f"{path} ({split}): heatmap shape does not match the slices store's target")
+    return h

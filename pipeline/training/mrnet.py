@@ -1,0 +1,254 @@
+"""Training MRNet as Bien et al. did: one exam per step (its slices are the batch), binary
+cross-entropy weighted by inverse class prevalence, Adam with weight decay, random rotation,
+shift and flip of the whole exam. A stratified `tune_fraction` of the training exams is held out
+for model selection (the best epoch by tune AUC is kept); test metrics are on the `valid` split.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import InputError
+from pipeline.io.classifier import Exam
+from pipeline.models.mrnet import (MRNet, count_parameters, load_pretrained_features, normalise,
+                                   resize_slices, to_pixels)
+from pipeline.parallel import worker_count
+from pipeline.training.device import autocast, seed_everything, select_device
+from pipeline.training.logging import LogFn
+
+Progress = Optional[Callable[[int], None]]
+
+
+@dataclass(frozen=True)
+class MRNetTrainConfig:
+    image_size: int = 128
+    epochs: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    tune_fraction: float = 0.2
+    augment: bool = True
+    rotation: float = 25.0          # degrees, as MRNet
+    shift: float = 0.1              # fraction of the side (MRNet: 25 px of 256)
+    flip: bool = True
+    device: str = "auto"
+    seed: int = 0
+    pretrained: Optional[str] = None
+    threads: int = 0                # CPU threads; 0 = one per available core
+
+
+@dataclass
+class TrainResult:
+    model: MRNet
+    config: dict
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- metrics
+def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve (Mann-Whitney U with ties counted half); NaN with one class."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # average ranks over ties
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def binary_metrics(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5) -> dict:
+    y = np.asarray(labels, dtype=bool)
+    pred = np.asarray(probs, dtype=np.float64) >= threshold
+    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
+    fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
+    return {
+        "auc": roc_auc(y, probs),
+        "accuracy": (tp + tn) / max(len(y), 1),
+        "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+        "specificity": tn / (tn + fp) if tn + fp else float("nan"),
+        "n": int(len(y)), "n_positive": int(y.sum()), "threshold": threshold,
+    }
+
+
+# --------------------------------------------------------------------------- data
+def tune_split(exams: Sequence[Exam], fraction: float, seed: int) -> tuple[list[Exam], list[Exam]]:
+    """Stratified hold-out: `fraction` of each class (at least one of each) goes to tune."""
+    rng = np.random.default_rng(seed)
+    fit, tune = [], []
+    for label in (0, 1):
+        group = [e for e in exams if e.label == label]
+        idx = rng.permutation(len(group))
+        n_tune = min(len(group) - 1, max(1, round(fraction * len(group))))
+        tune += [group[i] for i in idx[:n_tune]]
+        fit += [group[i] for i in idx[n_tune:]]
+    return sorted(fit, key=lambda e: e.id), sorted(tune, key=lambda e: e.id)
+
+
+def progress_units(train: Sequence[Exam], test: Sequence[Exam], cfg: MRNetTrainConfig) -> int:
+    """Number of `progress(1)` calls `train_mrnet` makes (one per exam forward pass)."""
+    return cfg.epochs * len(train) + len(test)
+
+
+def check_classes(exams: Sequence[Exam], what: str, min_each: int = 1) -> None:
+    n_pos = sum(e.label for e in exams)
+    n_neg = len(exams) - n_pos
+    if n_pos < min_each or n_neg < min_each:
+        raise InputError(f"{what}: needs at least {min_each} normal and {min_each} abnormal exam(s), "
+                         f"got {n_neg} normal and {n_pos} abnormal")
+
+
+def pixel_stats(exams: Sequence[Exam], image_size: int, limit: int = 200) -> tuple[float, float]:
+    """Mean and std of the 0..255-scaled, resized slices of (up to `limit`) training exams."""
+    step = max(1, math.ceil(len(exams) / limit))
+    total = total_sq = count = 0.0
+    for e in exams[::step]:
+        x = resize_slices(to_pixels(e.load()), image_size).double()
+        total += float(x.sum())
+        total_sq += float((x * x).sum())
+        count += x.numel()
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    if not std > 0:
+        raise InputError("mrnet: training exams are constant images (zero pixel std)")
+    return mean, std
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, cfg: MRNetTrainConfig) -> torch.Tensor:
+    """One random rotation, shift and horizontal flip for all slices of an exam `(S, 1, H, W)`."""
+    u = torch.rand(4, generator=gen).tolist()
+    angle = math.radians((2 * u[0] - 1) * cfg.rotation)
+    tx, ty = ((2 * u[1] - 1) * 2 * cfg.shift, (2 * u[2] - 1) * 2 * cfg.shift)  # grid units are [-1, 1]
+    sx = -1.0 if cfg.flip and u[3] < 0.5 else 1.0
+    c, s = math.cos(angle), math.sin(angle)
+    theta = torch.tensor([[c * sx, -s, tx], [s * sx, c, ty]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# --------------------------------------------------------------------------- loop
+def _predict(model: MRNet, exams: Sequence[Exam], cfg: MRNetTrainConfig, mean: float, std: float,
+             device: torch.device, progress: Progress = None) -> np.ndarray:
+    model.eval()
+    logits = []
+    with torch.no_grad(), autocast(device):
+        for e in exams:
+            x = normalise(resize_slices(to_pixels(e.load()), cfg.image_size), mean, std).to(device)
+            logits.append(float(model(x).float()))
+            if progress:
+                progress(1)
+    return np.asarray(logits)
+
+
+def _weighted_bce(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
+    t_logits = torch.as_tensor(logits, dtype=torch.float64)
+    t_labels = torch.as_tensor(labels, dtype=torch.float64)
+    w = torch.as_tensor(weights[labels], dtype=torch.float64)
+    return float(F.binary_cross_entropy_with_logits(t_logits, t_labels, weight=w))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def train_mrnet(train: Sequence[Exam], test: Sequence[Exam], cfg: MRNetTrainConfig, *,
+                log: LogFn = lambda m: None, progress: Progress = None,
+                extra_config: Optional[dict] = None) -> TrainResult:
+    """Fit MRNet on `train` (minus the tune hold-out), keep the best epoch by tune AUC, and
+    report test metrics on `test`. `progress(n)` is called once per exam processed."""
+    if cfg.image_size < MRNet.min_size:
+        raise InputError(f"mrnet.image_size: must be >= {MRNet.min_size} for AlexNet, got {cfg.image_size}")
+    check_classes(train, "mrnet: training split", min_each=2)
+    check_classes(test, "mrnet: test (valid) split")
+    device = select_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or worker_count(0))
+    gen = seed_everything(cfg.seed)
+    fit, tune = tune_split(train, cfg.tune_fraction, cfg.seed)
+    mean, std = pixel_stats(fit, cfg.image_size)
+
+    model = MRNet()
+    if cfg.pretrained:
+        load_pretrained_features(model, cfg.pretrained)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    fit_labels = np.array([e.label for e in fit])
+    tune_labels = np.array([e.label for e in tune])
+    prevalence = fit_labels.mean()
+    # inverse class prevalence, scaled so that the mean weight over the training exams is 1
+    class_w = np.array([0.5 / (1.0 - prevalence), 0.5 / prevalence])
+
+    history: list[dict] = []
+    best = {"auc": -1.0, "loss": math.inf, "epoch": -1, "state": None}
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(fit), generator=gen).tolist()
+        logits = np.zeros(len(fit))
+        for i in order:
+            e = fit[i]
+            x = resize_slices(to_pixels(e.load()), cfg.image_size)
+            if cfg.augment:
+                x = augment(x, gen, cfg)
+            x = normalise(x, mean, std).to(device)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = torch.tensor([float(e.label)], device=device)
+            with autocast(device):
+                logit = model(x).float()
+            loss = F.binary_cross_entropy_with_logits(logit, target) * float(class_w[e.label])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            logits[i] = float(logit.detach())
+            if progress:
+                progress(1)
+        tune_logits = _predict(model, tune, cfg, mean, std, device, progress)
+        row = {
+            "train/loss": _weighted_bce(logits, fit_labels, class_w),
+            "train/auc": roc_auc(fit_labels, logits),
+            "val/loss": _weighted_bce(tune_logits, tune_labels, class_w),
+            "val/auc": roc_auc(tune_labels, tune_logits),
+        }
+        if not all(math.isfinite(v) for v in row.values()):
+            raise FloatingPointError(f"mrnet: training diverged at epoch {epoch} ({row}); lower mrnet.lr")
+        history.append({"epoch": epoch, **row})
+        log(row)
+        if (row["val/auc"], -row["val/loss"]) > (best["auc"], -best["loss"]):
+            best = {"auc": row["val/auc"], "loss": row["val/loss"], "epoch": epoch,
+                    "state": copy.deepcopy(model.state_dict())}
+
+    model.load_state_dict(best["state"])
+    test_logits = _predict(model, test, cfg, mean, std, device, progress)
+    labels = [e.label for e in test]
+    metrics = {
+        "test": binary_metrics(labels, _sigmoid(test_logits)),
+        "best_epoch": best["epoch"],
+        "tune_auc": best["auc"],
+        "n_train": len(fit), "n_tune": len(tune),
+        "parameters": count_parameters(model),
+    }
+    config = {
+        **asdict(cfg),
+        "mean": mean, "std": std, "scaling": "per-volume min/max to 0..255, then (x - mean) / std",
+        "best_epoch": best["epoch"], "class_weights": class_w.tolist(),
+        **(extra_config or {}),
+    }
+    return TrainResult(model=model.cpu().eval(), config=config, metrics=metrics, history=history)

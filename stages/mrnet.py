@@ -1,0 +1,70 @@
+"""train-mrnet: the MRNet abnormality classifier whose Grad-CAM maps mark regions of interest."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.io.classifier import list_exams
+from pipeline.models.mrnet import save_mrnet
+from pipeline.store import atomic_path
+from pipeline.training.logging import live_logger
+from pipeline.training.mrnet import MRNetTrainConfig, progress_units, train_mrnet
+from stages.app import PARAMS_OPTION, app, stage
+from stages.progress import bar
+from stages.settings import load_params
+
+
+def write_json(path: Path, data: dict) -> None:
+    """JSON with NaN written as null (strict JSON, as DVC reads metrics)."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(clean(data), indent=2, allow_nan=False) + "\n")
+
+
+@app.command("train-mrnet")
+@stage
+def train_mrnet_cmd(
+    data_dir: Optional[Path] = typer.Option(None, help="classifier exams (default: mrnet.data_dir)"),
+    out: Path = typer.Option(Path("models/mrnet.pt"), help="model file to write"),
+    metrics: Path = typer.Option(Path("reports/mrnet.json"), help="test metrics (JSON) to write"),
+    live: Optional[Path] = typer.Option(Path("reports/live/mrnet"), help="dvclive directory for the curves"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Train MRNet. Reads: mrnet.data_dir (synthetic exams, MRNet-v1.0 or KneeMRI, mrnet.source).
+    Writes: models/mrnet.pt (state dict + config), reports/mrnet.json (test AUC, accuracy,
+    sensitivity, specificity on the `valid` split), per-epoch curves under --live. Params: seed, mrnet.*."""
+    p = load_params(params)
+    m = p.mrnet
+    root = data_dir or Path(m.data_dir)
+    kw = dict(plane=m.plane, task=m.task, roi_crop=m.kneemri_roi_crop,
+              valid_fraction=m.kneemri_valid_fraction, seed=p.seed)
+    train = list_exams(m.source, root, "train", **kw)
+    test = list_exams(m.source, root, "valid", **kw)
+    cfg = MRNetTrainConfig(image_size=m.image_size, epochs=m.epochs, lr=m.lr, weight_decay=m.weight_decay,
+                           tune_fraction=m.tune_fraction, augment=m.augment, device=m.device, seed=p.seed,
+                           pretrained=m.pretrained)
+    extra = {"source": m.source, "plane": m.plane, "task": m.task, "data_dir": str(root)}
+    with contextlib.ExitStack() as stack:
+        update = stack.enter_context(bar(progress_units(train, test, cfg), "train-mrnet", unit="exam"))
+        log = stack.enter_context(live_logger(live))
+        result = train_mrnet(train, test, cfg, log=log, progress=update, extra_config=extra)
+        model_tmp = stack.enter_context(atomic_path(out))
+        save_mrnet(model_tmp, result.model, result.config)
+        write_json(metrics, result.metrics)
+    t = result.metrics["test"]
+    typer.echo(f"train-mrnet: {out} (best epoch {result.metrics['best_epoch']}), test AUC {t['auc']:.3f}, "
+               f"accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, "
+               f"specificity {t['specificity']:.3f} on {t['n']} exams")

@@ -1,0 +1,72 @@
+"""train-unet: the reconstruction U-Net, baseline (plain loss) or weighted (Grad-CAM ROI-weighted loss)."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stages.app import PARAMS_OPTION, app, stage
+from stages.progress import bar
+from stages.settings import load_params
+
+
+@app.command("train-unet")
+@stage
+def train_unet_cmd(
+    variant: str = typer.Option(..., help="baseline (plain loss) | weighted (loss up-weighted by the heatmaps)"),
+    slices: Path = typer.Option(Path("data/slices.zarr"), help="slices store (targets)"),
+    undersampled: Path = typer.Option(Path("data/undersampled.zarr"), help="undersampled store (inputs)"),
+    heatmaps: Path = typer.Option(Path("data/heatmaps.zarr"), help="Grad-CAM heatmaps store"),
+    out: Optional[Path] = typer.Option(None, help="weights to write (default models/unet_<variant>.pt)"),
+    live: Optional[Path] = typer.Option(None, help="dvclive directory for the per-epoch curves"),
+    checkpoint_dir: Optional[Path] = typer.Option(
+        None, help="resume checkpoints, kept outside DVC outs (default .roirecon/checkpoints/<variant>)"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Train a U-Net on the train split, validate on val each epoch, keep the best weights.
+    Reads: the slices, undersampled and heatmaps stores. Writes: models/unet_<variant>.pt
+    (state dict + config) and per-epoch curves under --live. Params: seed, unet.*, loss.*.
+    Resumes an interrupted run with the same config from --checkpoint-dir. Runs under torchrun (DDP)."""
+    # heavy imports here, not at module level: `roirecon <other stage>` should not pay for them
+    from pipeline.models.registry import model_config
+    from pipeline.training.logging import live_logger
+    from pipeline.training.unet import TrainConfig, is_main_process, train_unet
+    from pipeline.unet_data import load_split
+
+    p = load_params(params)
+    u, lo = p.unet, p.loss
+    cfg = TrainConfig(
+        variant=variant,
+        model=model_config(u.arch, u.chans, u.num_pool_layers, u.drop_prob, u.residual),
+        epochs=u.epochs, batch_size=u.batch_size, lr=u.lr, loss_kind=lo.kind,
+        roi_weight=lo.roi_weight if variant == "weighted" else 0.0, ssim_weight=lo.ssim_weight,
+        seed=p.seed, device=u.device)
+    out = out or Path(f"models/unet_{variant}.pt")
+    ckpt = checkpoint_dir or Path(".roirecon/checkpoints") / variant
+    main = is_main_process()
+    with bar(2, f"train-unet {variant}: load", unit="split") if main else contextlib.nullcontext(lambda n: None) as up:
+        train = load_split(slices, undersampled, heatmaps, "train")
+        up(1)
+        val = load_split(slices, undersampled, heatmaps, "val", keep_raw=True)
+        up(1)
+
+    with live_logger(live if main else None) as log:
+        def on_epoch(epoch: int, m: dict[str, float]) -> None:
+            log(m)
+            if main:
+                typer.echo(f"  epoch {epoch + 1}/{cfg.epochs}: train loss {m['train/loss']:.4g}, "
+                           f"val loss {m['val/loss']:.4g}, PSNR {m['val/psnr']:.2f} dB, SSIM {m['val/ssim']:.4f}, "
+                           f"data wait {100 * m['data_wait_share']:.1f}%, {m['epoch_time_s']:.1f}s")
+
+        result = train_unet(train, val, cfg, out, checkpoint_dir=ckpt, on_epoch=on_epoch,
+                            bar=bar if main else None,
+                            extra_config={"stores": {"slices": str(slices), "undersampled": str(undersampled),
+                                                     "heatmaps": str(heatmaps)}})
+    if main:
+        b = result.best
+        resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
+        typer.echo(f"train-unet {variant}: {out} (best epoch {result.best_epoch + 1}/{cfg.epochs}{resumed}): "
+                   f"val PSNR {b['val/psnr']:.2f} dB, SSIM {b['val/ssim']:.4f}, NMSE {b['val/nmse']:.4g}; "
+                   f"data wait {100 * max(h['data_wait_share'] for h in result.history):.1f}% of step time at most")

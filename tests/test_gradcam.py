@@ -1,0 +1,238 @@
+"""Grad-CAM heatmaps: per-slice maps, the heatmaps store, ROI scores, the gradcam stage."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from pipeline.errors import InputError
+from pipeline.gradcam import (GradCAMSpec, as_str, build_heatmaps_store, explainable, open_heatmaps, slice_cams,
+                              volume_heatmaps)
+from pipeline.models.mrnet import MRNet, load_mrnet, prepare_volume, save_mrnet
+from pipeline.roi_scores import crop_boxes, energy_in_boxes, pointing_hit, score_slices, slice_boxes
+from tests.helpers import run_cli, write_params
+
+
+# --------------------------------------------------------------------------- scores
+def test_pointing_game_and_energy():
+    heat = np.zeros((10, 10), np.float32)
+    heat[2, 3] = 1.0
+    heat[8, 8] = 0.5
+    assert pointing_hit(heat, [(1, 2, 3, 3)])
+    assert not pointing_hit(heat, [(7, 7, 2, 2)])
+    assert not pointing_hit(np.zeros((10, 10)), [(0, 0, 10, 10)])
+    assert energy_in_boxes(heat, [(1, 2, 3, 3)]) == pytest.approx(1 / 1.5)
+    assert energy_in_boxes(heat, [(1, 2, 3, 3), (7, 7, 2, 2)]) == pytest.approx(1.0)
+    s = score_slices([(heat, [(1, 2, 3, 3)], ["a"]), (heat, [(7, 7, 2, 2)], ["b"])])
+    assert s["n_slices"] == 2 and s["pointing_game"] == 0.5
+    assert s["energy_in_box"] == pytest.approx((1 / 1.5 + 0.5 / 1.5) / 2)
+    assert s["chance"] == pytest.approx((9 + 4) / 2 / 100)
+    assert s["pointing_game_by_label"] == {"a": {"n": 1, "pointing_game": 1.0}, "b": {"n": 1, "pointing_game": 0.0}}
+
+
+def test_boxes_follow_fastmri_plus_flip_and_center_crop():
+    import pandas as pd
+    # native box rows 100..119, cols 150..159 in a 320x320 frame -> y = 320 - 100 - 20 = 200
+    ann = pd.DataFrame({"file": ["file1", "file1", "other"], "slice": [3, 3, 1], "x": [150, 0, 5],
+                        "y": [200, 0, 5], "width": [10, 4, 4], "height": [20, 4, 4],
+                        "label": ["Meniscus Tear", "far", "x"], "study_level": ["No"] * 3})
+    for c in ("slice", "x", "y", "width", "height"):
+        ann[c] = ann[c].astype("Int64")
+    boxes = slice_boxes(ann, {"file1.h5": (320, 320)}, crop=128)
+    # crop offset (320 - 128) // 2 = 96; the second box (rows 316..319) lies outside the crop
+    assert boxes == {("file1.h5", 3): [((4, 54, 20, 10), "Meniscus Tear")]}
+    assert crop_boxes([(90, 90, 10, 10)], (320, 320), 128) == [(0, 0, 4, 4)]
+
+
+# --------------------------------------------------------------------------- per-slice maps
+def bright_spot_mrnet(threshold: float = 120.0) -> tuple[MRNet, dict]:
+    """A hand-set MRNet whose channel 0 fires where the 11x11 local mean exceeds `threshold`
+    (0..255 pixel units) and is passed unchanged through the trunk; the logit is that channel's
+    pooled value. A slice without bright spots has a zero map; a spot lights up where it is."""
+    model = MRNet().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        f = model.features
+        f[0].weight[0] = 1.0 / (3 * 11 * 11)
+        f[0].bias[0] = -threshold
+        f[3].weight[0, 0, 2, 2] = 1.0
+        for i in (6, 8, 10):
+            f[i].weight[0, 0, 1, 1] = 1.0
+        model.classifier.weight[0, 0] = 1.0
+    return model, {"image_size": 128, "mean": 0.0, "std": 1.0}
+
+
+def phantom_volume(spots: dict[int, tuple[int, int, float]], slices: int = 5, size: int = 128) -> np.ndarray:
+    """Tissue disc (70) in air (0) with a rim reaching 255 in every slice (so the per-volume
+    0..255 scaling is the identity), plus Gaussian spots {slice: (row, col, amplitude)}."""
+    yy, xx = np.mgrid[:size, :size]
+    rad = np.hypot(yy - size / 2, xx - size / 2) / size
+    vol = np.repeat((70.0 * (rad < 0.47))[None], slices, axis=0)
+    vol[:, 0, 0] = 255.0
+    for k, (r, c, amp) in spots.items():
+        vol[k] += amp * np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 6.0 ** 2))
+    return vol.astype(np.float32)
+
+
+def test_captum_gradcam_matches_the_definition():
+    torch.manual_seed(0)
+    model = explainable(MRNet())
+    torch.nn.init.normal_(model.classifier.weight)
+    x = torch.randn(3, 1, 96, 96)
+    cams = slice_cams(model, x, "features.10")
+    a = model.features[:11](x.expand(-1, 3, -1, -1).requires_grad_(True))
+    logits = model.classifier(model.features[11:](a).mean(dim=(2, 3)))
+    grad = torch.autograd.grad(logits.sum(), a)[0]
+    ref = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * a).sum(1))
+    assert cams.shape == (3, 5, 5)
+    torch.testing.assert_close(cams, ref.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_every_lesion_slice_gets_a_map_at_its_lesion():
+    model, config = bright_spot_mrnet()
+    model = explainable(model)
+    # slice 1: strong spot; slice 3: weaker spot elsewhere, which loses the max over slices
+    vol = phantom_volume({1: (40, 50, 180.0), 3: (85, 30, 120.0)})
+    heat = volume_heatmaps(model, config, vol, GradCAMSpec(layer="features.10", smooth_sigma=1.0))
+    assert heat.shape == vol.shape and heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+    for k, (r, c) in ((1, (40, 50)), (3, (85, 30))):
+        assert heat[k].max() > 0.2, k
+        peak = np.unravel_index(int(np.argmax(heat[k])), heat[k].shape)
+        assert abs(peak[0] - r) <= 16 and abs(peak[1] - c) <= 16, (k, peak)  # one feature cell
+        assert pointing_hit(heat[k], [(r - 12, c - 12, 24, 24)])
+    assert heat[3].max() < heat[1].max()                 # the weaker lesion stays weaker
+    for k in (0, 2, 4):                                  # nothing suspicious: nothing on the map
+        assert heat[k].max() == 0.0
+
+    # the exam-level logit (max over slices) gives the weaker lesion slice no gradient at all
+    x = prepare_volume(vol, config["image_size"], config["mean"], config["std"])
+    acts = {}
+    hook = model.features[10].register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    logit = model(x.requires_grad_(True))
+    hook.remove()
+    grad = torch.autograd.grad(logit.sum(), acts["a"])[0]
+    assert grad[1].abs().sum() > 0 and grad[3].abs().sum() == 0
+
+
+# --------------------------------------------------------------------------- store and stage
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A tiny synthetic fastMRI dataset (recon 64, lesions in every test volume) and its slices store."""
+    from pipeline.synthetic import SyntheticSpec, synthesize
+    root = tmp_path_factory.mktemp("gradcam_data")
+    spec = SyntheticSpec(volumes={"train": 1, "val": 1, "test": 2}, slices=4, recon_size=64, coils=1,
+                         lesion_rate=1.0, exams={"train": 2, "valid": 2}, exam_slices=2)
+    synthesize(root / "synthetic", spec, seed=0)
+    params = write_params(root / "params.yaml", data={"raw_dir": str(root / "synthetic/fastmri"), "crop": 64,
+                                                      "annotations": str(root / "synthetic/annotations.csv")})
+    res = run_cli("prepare", "--raw-dir", root / "synthetic/fastmri", "--out", root / "slices.zarr",
+                  "--params", params)
+    assert res.exit_code == 0, res.output
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A model file as train-mrnet writes it (the hand-set detector: no training needed here)."""
+    path = tmp_path_factory.mktemp("gradcam_model") / "mrnet.pt"
+    model, config = bright_spot_mrnet(threshold=60.0)
+    save_mrnet(path, model, config)
+    return path
+
+
+def _gradcam(root: Path, model: Path, out: Path, *extra: str):
+    params = write_params(out / "params.yaml", data={"annotations": str(root / "synthetic/annotations.csv")},
+                          gradcam={"n_overlays": 3})
+    return run_cli("gradcam", "--slices", root / "slices.zarr", "--model", model,
+                   "--annotations", root / "synthetic/annotations.csv", "--out", out / "heatmaps.zarr",
+                   "--metrics", out / "gradcam.json", "--overlays", out / "overlays", "--params", params, *extra)
+
+
+def test_gradcam_stage_writes_aligned_store_scores_and_overlays(tiny_data, model_file, tmp_path):
+    res = _gradcam(tiny_data, model_file, tmp_path)
+    assert res.exit_code == 0, res.output
+    slices = zarr.open_group(str(tiny_data / "slices.zarr"), mode="r")
+    for split in ("train", "val", "test"):
+        h = open_heatmaps(tmp_path / "heatmaps.zarr", tiny_data / "slices.zarr", split)
+        maps = h["heatmap"][:]
+        assert maps.shape == slices[split]["target"].shape and maps.dtype == np.float32
+        assert h["heatmap"].chunks == (1, 64, 64)
+        np.testing.assert_array_equal(h["slice"][:], slices[split]["slice"][:])
+        names = as_str(h["volume"][:])
+        for name in set(names):  # per volume in [0, 1], max 1 (or all 0 where nothing fires)
+            sel = names == name
+            assert maps[sel].min() >= 0 and maps[sel].max() in (0.0, pytest.approx(1.0))
+        assert maps.max() == pytest.approx(1.0)
+    report = json.loads((tmp_path / "gradcam.json").read_text())
+    test = report["test"]
+    assert test["n_slices"] > 0 and 0 <= test["pointing_game"] <= 1 and 0 <= test["energy_in_box"] <= 1
+    assert report["slices"] == {"train": 4, "val": 4, "test": 8}
+    pngs = sorted((tmp_path / "overlays").glob("*.png"))
+    assert 1 <= len(pngs) <= 3 and pngs[0].read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_heatmaps_store_refuses_misaligned_reads(tiny_data, model_file, tmp_path):
+    model, config = load_mrnet(model_file)
+    out = tmp_path / "h.zarr"
+    build_heatmaps_store(out, tiny_data / "slices.zarr", model, config, GradCAMSpec())
+    root = zarr.open_group(str(out), mode="r+")
+    root["test"]["slice"][0] = 99
+    with pytest.raises(InputError, match="order differs"):
+        open_heatmaps(out, tiny_data / "slices.zarr", "test")
+
+
+def _outputs(d: Path):
+    return [d / "heatmaps.zarr", d / "gradcam.json", d / "overlays"]
+
+
+def test_gradcam_stage_bad_inputs(tiny_data, model_file, tmp_path):
+    # missing / corrupt model
+    for name, content in (("missing.pt", None), ("corrupt.pt", model_file.read_bytes()[:3000])):
+        d = tmp_path / name
+        d.mkdir()
+        if content is not None:
+            (d / name).write_bytes(content)
+        res = _gradcam(tiny_data, d / name, d)
+        assert res.exit_code == 1
+        assert res.stderr.strip().count("\n") == 0 and name in res.stderr
+        assert not any(p.exists() for p in _outputs(d)) and not list(d.glob(".tmp-*"))
+
+    # a slices store whose targets have the wrong rank, and one with an empty split
+    for case in ("rank", "empty"):
+        d = tmp_path / case
+        d.mkdir()
+        bad = d / "data"
+        (bad / "synthetic").mkdir(parents=True)
+        (bad / "synthetic/annotations.csv").write_bytes((tiny_data / "synthetic/annotations.csv").read_bytes())
+        root = zarr.open_group(str(bad / "slices.zarr"), mode="w")
+        root.attrs.update(dict(zarr.open_group(str(tiny_data / "slices.zarr"), mode="r").attrs))
+        for split in ("train", "val", "test"):
+            g = root.create_group(split)
+            n = 0 if (case == "empty" and split == "val") else 2
+            g.create_array("volume", shape=(n,), dtype=str, fill_value="")
+            if n:
+                g["volume"][:] = np.array(["file1.h5"] * n)
+            g.create_array("slice", data=np.arange(n, dtype=np.int32))
+            shape = (n, 64) if case == "rank" else (n, 64, 64)
+            g.create_array("target", data=np.ones(shape, np.float32))
+        res = _gradcam(bad, model_file, d)
+        assert res.exit_code == 1, res.output
+        expected = "target must have rank 3" if case == "rank" else "split 'val' is empty"
+        assert expected in res.stderr and res.stderr.strip().count("\n") == 0
+        assert not any(p.exists() for p in _outputs(d)) and not list(d.glob(".tmp-*"))
+
+    # a layer that is not in the trunk
+    d = tmp_path / "layer"
+    d.mkdir()
+    params = write_params(d / "params.yaml", gradcam={"layer": "classifier"})
+    res = run_cli("gradcam", "--slices", tiny_data / "slices.zarr", "--model", model_file,
+                  "--annotations", tiny_data / "synthetic/annotations.csv", "--out", d / "heatmaps.zarr",
+                  "--metrics", d / "gradcam.json", "--overlays", d / "overlays", "--params", params)
+    assert res.exit_code == 1 and "gradcam.layer" in res.stderr
