@@ -160,28 +160,6 @@ def write_per_volume(path: Path | str, rows: list[dict[str, Any]]) -> None:
                 w.writerow(vals)
 
 
-def recon_frames(slices_path: Path | str, names: list[str], split: str, frame: int | None = None
-                 ) -> dict[str, tuple[int, int]]:
-    """Recon frame (H, W) of each volume, in which its boxes are given: `frame` x `frame` when set,
-    else the target shape of the fastMRI file the slices store was built from (attrs raw_dir, challenge)."""
-    if frame is not None:
-        return {n: (frame, frame) for n in names}
-    from pipeline.io.fastmri import FastMRIFile
-    from pipeline.store import open_store
-
-    attrs = open_store(slices_path, kind="slices").attrs
-    raw_dir, challenge = attrs.get("raw_dir"), attrs.get("challenge", "singlecoil")
-    frames = {}
-    for n in names:
-        path = Path(str(raw_dir)) / split / n
-        if raw_dir is None or not path.is_file():
-            raise InputError(f"{path}: fastMRI file not found to read the annotation frame of {n}; "
-                             f"set evaluate.frame (320 for fastMRI+ knee boxes)")
-        with FastMRIFile(path, str(challenge)) as f:
-            frames[n] = tuple(int(v) for v in f.info.target_shape)
-    return frames
-
-
 def annotation_boxes(annotations: Path | str | None, slices_path: Path | str, data: SplitData,
                      frame: int | None = None) -> dict[tuple[str, int], list[Box]]:
     """Ground-truth boxes of a split in the crop frame: {(volume file name, slice): [box]}.
@@ -191,14 +169,13 @@ def annotation_boxes(annotations: Path | str | None, slices_path: Path | str, da
     """
     if annotations is None:
         return {}
-    from pipeline.io.annotations import read_annotations
+    from pipeline.io.annotations import read_annotations, recon_frames
     from pipeline.roi_scores import slice_boxes
 
     path = Path(annotations)
     if not path.is_file():
         raise InputError(f"{path}: annotations file not found (set data.annotations to null to evaluate without ROIs)")
     df = read_annotations(path)
-    names = sorted(set(data.volume.tolist()))
-    frames = recon_frames(slices_path, names, data.split, frame)
+    frames = recon_frames(slices_path, data.split, frame, param="evaluate.frame")
     crop = int(data.image.shape[-1])
     return {key: [b for b, _ in found] for key, found in slice_boxes(df, frames, crop).items()}

@@ -33,7 +33,7 @@ from scipy.ndimage import gaussian_filter
 
 from pipeline.errors import InputError
 from pipeline.models.mrnet import MRNet, prepare_volume
-from pipeline.store import SPLITS, ShardedWriter, atomic_path, open_store, split_group
+from pipeline.store import SPLITS, ShardedWriter, as_str, atomic_path, check_aligned, open_store, split_group
 
 Progress = Optional[Callable[[int], None]]
 
@@ -90,12 +90,6 @@ def volume_heatmaps(model: MRNet, config: dict, volume: np.ndarray, spec: GradCA
         heat = gaussian_filter(heat, sigma=(0, spec.smooth_sigma, spec.smooth_sigma), mode="nearest")
     peak = float(heat.max())
     return heat / peak if peak > 0 else np.zeros_like(heat)
-
-
-def as_str(values: np.ndarray) -> np.ndarray:
-    """Fixed-width str array from what zarr returns for string arrays (numpy StringDType, which
-    does not cast with `.astype(str)`)."""
-    return np.asarray(np.asarray(values).tolist(), dtype=str)
 
 
 def volume_runs(names: np.ndarray, path: Path | str, split: str) -> list[tuple[str, int, int]]:
@@ -171,28 +165,6 @@ def write_heatmaps(path: Path | str, slices_path: Path | str, model: MRNet, conf
     return counts
 
 
-def recon_frames(slices_path: Path | str, split: str, frame: Optional[int] = None) -> dict[str, tuple[int, int]]:
-    """Recon frame (H, W) of each volume of a split, in which annotation boxes are given:
-    `frame` x `frame` when set (fastMRI+ knee: 320), else the target shape read from the
-    fastMRI files the slices store was built from (its `raw_dir` and `challenge` attrs)."""
-    from pipeline.io.fastmri import FastMRIFile
-
-    slices = open_store(slices_path, kind="slices")
-    names = sorted(set(as_str(split_group(slices, split, slices_path)["volume"][:])))
-    if frame is not None:
-        return {n: (frame, frame) for n in names}
-    raw_dir, challenge = slices.attrs.get("raw_dir"), slices.attrs.get("challenge")
-    frames = {}
-    for n in names:
-        path = Path(str(raw_dir)) / split / n
-        if raw_dir is None or not path.is_file():
-            raise InputError(f"{path}: fastMRI file not found to read the annotation frame size of {n}; "
-                             f"set gradcam.frame (320 for fastMRI+ knee boxes)")
-        with FastMRIFile(path, str(challenge)) as f:
-            frames[n] = tuple(int(v) for v in f.info.target_shape)
-    return frames
-
-
 def annotated_slices(group: zarr.Group, boxes: dict[tuple[str, int], list]) -> list[tuple[int, str, int, list, list]]:
     """(row, volume, slice, boxes, labels) of the rows of a store split that have boxes."""
     names = as_str(group["volume"][:])
@@ -211,15 +183,7 @@ def open_heatmaps(path: Path | str, slices_path: Path | str, split: str) -> zarr
     heat = open_store(path, kind="heatmaps")
     slices = open_store(slices_path, kind="slices")
     h, s = split_group(heat, split, path), split_group(slices, split, slices_path)
-    what = f"{path} ({split})"
-    for key in ("volume", "slice"):
-        if key not in h:
-            raise InputError(f"{what}: has no '{key}' array to check alignment with the slices store")
-    a_vol, b_vol = as_str(s["volume"][:]), as_str(h["volume"][:])
-    if a_vol.shape != b_vol.shape:
-        raise InputError(f"{what}: {b_vol.shape[0]} slices, the slices store has {a_vol.shape[0]}")
-    if not (np.array_equal(a_vol, b_vol) and np.array_equal(s["slice"][:], h["slice"][:])):
-        raise InputError(f"{what}: volume/slice order differs from the slices store")
+    check_aligned(s, h, f"{path} ({split})")
     if "heatmap" not in h or tuple(h["heatmap"].shape[1:]) != tuple(s["target"].shape[1:]):
         raise InputError(f"{path} ({split}): heatmap shape does not match the slices store's target")
     return h

@@ -11,9 +11,9 @@ import zarr
 
 from pipeline.errors import InputError
 from pipeline.figures_gradcam import overlay_png, pick_evenly
-from pipeline.gradcam import (GradCAMSpec, annotated_slices, check_layer, check_slices_split, recon_frames,
+from pipeline.gradcam import (GradCAMSpec, annotated_slices, check_layer, check_slices_split,
                               write_heatmaps)
-from pipeline.io.annotations import read_annotations
+from pipeline.io.annotations import read_annotations, recon_frames
 from pipeline.models.mrnet import load_mrnet
 from pipeline.roi_scores import score_slices, slice_boxes
 from pipeline.store import SPLITS, atomic_path, open_store, split_group
@@ -54,7 +54,7 @@ def gradcam_cmd(
     if ann_path is not None:  # validate the boxes before the long part
         if not ann_path.is_file():
             raise InputError(f"{ann_path}: annotations file not found")
-        boxes = slice_boxes(read_annotations(ann_path), recon_frames(slices, SCORED_SPLIT, g.frame), crop)
+        boxes = slice_boxes(read_annotations(ann_path), recon_frames(slices, SCORED_SPLIT, g.frame, param="gradcam.frame"), crop)
     total = sum(n for n, _ in shapes.values())
 
     with contextlib.ExitStack() as stack:

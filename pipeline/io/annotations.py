@@ -84,3 +84,28 @@ def read_annotations(path: Path | str, frame_height: int = 320) -> pd.DataFrame:
     df["row0"] = (int(frame_height) - df["y"] - df["height"]).astype("Int64")
     df["col0"] = df["x"].astype("Int64")
     return df
+
+
+def recon_frames(slices_path: Path | str, split: str, frame: int | None = None,
+                 param: str = "frame") -> dict[str, tuple[int, int]]:
+    """Recon frame (H, W) of each volume of a split, in which annotation boxes are given:
+    `frame` x `frame` when set (fastMRI+ knee: 320), else the target shape read from the
+    fastMRI files the slices store was built from (its `raw_dir` and `challenge` attrs).
+    `param` names the setting to suggest when a file cannot be found."""
+    from pipeline.io.fastmri import FastMRIFile
+    from pipeline.store import as_str, open_store, split_group
+
+    slices = open_store(slices_path, kind="slices")
+    names = sorted(set(as_str(split_group(slices, split, slices_path)["volume"][:])))
+    if frame is not None:
+        return {n: (frame, frame) for n in names}
+    raw_dir, challenge = slices.attrs.get("raw_dir"), slices.attrs.get("challenge", "singlecoil")
+    frames = {}
+    for n in names:
+        path = Path(str(raw_dir)) / split / n
+        if raw_dir is None or not path.is_file():
+            raise InputError(f"{path}: fastMRI file not found to read the annotation frame size of {n}; "
+                             f"set {param} (320 for fastMRI+ knee boxes)")
+        with FastMRIFile(path, str(challenge)) as f:
+            frames[n] = tuple(int(v) for v in f.info.target_shape)
+    return frames
