@@ -11,8 +11,9 @@ so one backward pass gives every slice's own gradient.
 
 Grad-CAM (captum's `LayerGradCam`) is taken at `layer` (default `features.10`, AlexNet's last
 convolution): channel weights = spatial mean of the gradient, map = ReLU(sum_k weight_k A_k).
-Maps are upsampled (bilinear) to the crop size, optionally Gaussian-smoothed, and divided by the
-volume's maximum, so they lie in [0, 1] per volume and a slice with little evidence stays low.
+Maps are upsampled (bilinear, each cell at its receptive-field centre) to the crop size,
+optionally Gaussian-smoothed, and divided by the volume's maximum, so they lie in [0, 1] per
+volume and a slice with little evidence stays low.
 
 Inputs are the fully sampled targets, scaled like the classifier exams (per-volume min/max to
 0..255, see `pipeline.models.mrnet.prepare_volume`) and normalised with the training statistics
@@ -79,12 +80,51 @@ def slice_cams(model: MRNet, x: torch.Tensor, layer: str, batch: int = 64) -> to
     return torch.cat(out)
 
 
+def feature_geometry(model: MRNet, layer: str) -> tuple[float, float]:
+    """(a, b): cell n of `layer`'s output is centred on input pixel a * n + b (its receptive
+    field's centre), composed through the trunk's convolutions and poolings up to `layer`."""
+    a, b = 1.0, 0.0
+    for name, m in model.features.named_children():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
+            k, st, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding))
+            b += a * ((k - 1) / 2 - p)
+            a *= st
+        if f"features.{name}" == layer:
+            break
+    return a, b
+
+
+def upsample_aligned(cams: torch.Tensor, geometry: tuple[float, float], input_size: int,
+                     size: tuple[int, int]) -> torch.Tensor:
+    """Maps `(S, h, w)` at feature resolution (of a square model input of side `input_size`, the
+    crop resized) -> `(S, H, W)` on the crop, bilinear, with each
+    feature cell placed at its receptive-field centre. A plain resize spreads the cells evenly over
+    the image, off by up to half a cell (8 px for AlexNet's last conv) towards the borders, since
+    AlexNet's unpadded poolings leave the cell centres inside a narrower band of the input."""
+    a, b = geometry
+    S, h, w = cams.shape
+    H, W = size
+
+    def coords(n_out: int, n_feat: int, n_in: int) -> torch.Tensor:
+        # crop pixel centre -> model input pixel -> feature index -> grid_sample's [-1, 1]
+        y = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+        n = (y - b) / a
+        return (2.0 * n / max(n_feat - 1, 1) - 1.0).float()
+
+    gy, gx = coords(H, h, input_size), coords(W, w, input_size)
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)
+    grid = grid.expand(S, H, W, 2)
+    return F.grid_sample(cams[:, None], grid, mode="bilinear", padding_mode="border",
+                         align_corners=True)[:, 0]
+
+
 def volume_heatmaps(model: MRNet, config: dict, volume: np.ndarray, spec: GradCAMSpec) -> np.ndarray:
     """Heatmaps `(S, C, C)` float32 in [0, 1] for one volume `(S, C, C)` in any units."""
     S, H, W = volume.shape
-    x = prepare_volume(volume, int(config["image_size"]), float(config["mean"]), float(config["std"]))
+    size = int(config["image_size"])
+    x = prepare_volume(volume, size, float(config["mean"]), float(config["std"]))
     cams = slice_cams(model, x, spec.layer, spec.batch)
-    up = F.interpolate(cams[:, None].float(), size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    up = upsample_aligned(cams.float(), feature_geometry(model, spec.layer), size, (H, W))
     heat = up.clamp_min(0).numpy().astype(np.float32)
     if spec.smooth_sigma > 0:
         heat = gaussian_filter(heat, sigma=(0, spec.smooth_sigma, spec.smooth_sigma), mode="nearest")

@@ -31,6 +31,7 @@ Boxes are the bounding boxes of the rendered lesion itself (weight > 0.35), padd
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -275,6 +276,7 @@ class _Subject:
     phase: tuple
     s0: float
     s1: float
+    effusion: float = 1.0  # size of the physiological joint fluid in the recesses
 
 
 def _draw_subject(rng: np.random.Generator) -> _Subject:
@@ -488,6 +490,16 @@ def _anatomy(sub: _Subject, X, Y, s, pix, tex, pre):
         lcl = _capsule(Xj, Yj, dc + rcs + 0.02, yj - 0.24, plat + 0.07, yj + 0.38, 0.017)
         _paint(imj, _soft(lcl, pix) * (1.0 - in_bj) * p_lcl, T["ligament"])
 
+    # physiological joint fluid in the medial and lateral recesses beyond the menisci. It is the
+    # brightest tissue on fat-suppressed images, as in real knees; without it a fluid-bright lesion
+    # would set the volume's maximum and, through per-volume min/max scaling, darken every slice
+    # of lesion volumes: a global cue a classifier learns instead of the lesion.
+    if p_men > 0.02:
+        e = sub.effusion
+        for sg in (-1.0, 1.0):
+            rec = _ellipse(Xj, Yj, sg * (xo + 0.045), yj, 0.035 * e, 0.08 * e)
+            _paint(imj, _soft(rec, pix) * (1.0 - in_bj) * p_men, T["fluid"])
+
     geom = dict(f=f, t=t, inner_f=inner_f, inner_t=inner_t, band_f=band_f,
                 band_t=band_t, men=men, cyc=cyc, rcs=rcs, plat=plat, xo=xo, L=L, h=h)
     return img, geom
@@ -637,6 +649,8 @@ def render_knee(rng: np.random.Generator, n_slices: int, shape: tuple[int, int],
     S = int(n_slices)
     sub = _draw_subject(rng)
     tex_seed, lesion_seed = (int(v) for v in rng.integers(0, 2**63 - 1, size=2))
+    # its own stream, so the other draws (anatomy, textures, lesions) do not depend on it
+    sub = dataclasses.replace(sub, effusion=float(np.random.default_rng([tex_seed, 7]).uniform(0.8, 1.25)))
     r0, c0 = (H - Fh) // 2, (W - Fw) // 2
     margin = 2
     ra, rb = max(0, r0 - margin), min(H, r0 + Fh + margin)

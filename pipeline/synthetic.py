@@ -91,7 +91,7 @@ class SyntheticSpec:
     lesion_rate: float = 0.5
     noise: float = 0.02
     exams: dict[str, int] = field(default_factory=lambda: {"train": 120, "valid": 40})
-    exam_slices: int = 16
+    exam_slices: int = 8
 
     def __post_init__(self):
         def is_int(v):

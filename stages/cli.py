@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 # torch's OpenMP threads busy-wait by default; beside any other load on a small machine that
 # slows training steps 5-25x. Must be set before torch is imported.
@@ -12,6 +14,9 @@ from stages.app import app
 
 
 def main() -> None:
+    # SIGTERM (a killed `dvc repro`, a CI timeout) unwinds like Ctrl-C, so atomic outputs remove
+    # their temporary siblings instead of leaving them behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     app()
 
 

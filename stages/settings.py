@@ -35,7 +35,7 @@ class SyntheticSettings(Section):
     lesion_rate: float = Field(0.5, ge=0, le=1)
     noise: float = Field(0.02, ge=0)
     exams: dict[Literal["train", "valid"], int] = {"train": 120, "valid": 40}
-    exam_slices: int = Field(16, ge=1)
+    exam_slices: int = Field(8, ge=1)
 
     @field_validator("volumes", "exams")
     @classmethod
@@ -61,11 +61,11 @@ class MRNetSettings(Section):
     kneemri_roi_crop: bool = False
     image_size: int = Field(128, ge=32)
     epochs: int = Field(8, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     tune_fraction: float = Field(0.2, gt=0, lt=1)
     kneemri_valid_fraction: float = Field(0.25, gt=0, lt=1)
-    augment: bool = True
+    augment: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

@@ -10,7 +10,8 @@ import torch
 import zarr
 
 from pipeline.errors import InputError
-from pipeline.gradcam import (GradCAMSpec, as_str, build_heatmaps_store, explainable, open_heatmaps, slice_cams,
+from pipeline.gradcam import (GradCAMSpec, as_str, build_heatmaps_store, explainable, feature_geometry,
+                              open_heatmaps, slice_cams, upsample_aligned,
                               volume_heatmaps)
 from pipeline.models.mrnet import MRNet, load_mrnet, prepare_volume, save_mrnet
 from pipeline.roi_scores import crop_boxes, energy_in_boxes, pointing_hit, score_slices, slice_boxes
@@ -77,6 +78,36 @@ def phantom_volume(spots: dict[int, tuple[int, int, float]], slices: int = 5, si
     for k, (r, c, amp) in spots.items():
         vol[k] += amp * np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 6.0 ** 2))
     return vol.astype(np.float32)
+
+
+@pytest.mark.parametrize("layer,size", [("features.10", 256), ("features.3", 96), ("features.0", 64)])
+def test_feature_geometry_is_the_receptive_field_centre(layer, size):
+    model = MRNet()
+    a, b = feature_geometry(model, layer)
+    # inputs large enough that the centre cell's receptive field (163 px at features.10) fits; the trunk with ReLUs dropped and max- replaced by average pooling: the input gradient of one
+    # cell is then non-zero over its whole receptive field
+    upto = int(layer.split(".")[1]) + 1
+    linear = torch.nn.Sequential(*[
+        torch.nn.AvgPool2d(m.kernel_size, m.stride, m.padding) if isinstance(m, torch.nn.MaxPool2d) else m
+        for m in model.features[:upto] if not isinstance(m, torch.nn.ReLU)])
+    x = torch.zeros(1, 3, size, size, requires_grad=True)
+    fmap = linear(x)
+    n = fmap.shape[-1] // 2
+    fmap[0, :, n, n].sum().backward()
+    rows = np.flatnonzero(x.grad[0].abs().sum(dim=(0, 2)).numpy())
+    cols = np.flatnonzero(x.grad[0].abs().sum(dim=(0, 1)).numpy())
+    assert (rows[0] + rows[-1]) / 2 == pytest.approx(a * n + b)
+    assert (cols[0] + cols[-1]) / 2 == pytest.approx(a * n + b)
+
+
+def test_aligned_upsampling_puts_a_cell_at_its_centre():
+    cams = torch.zeros(1, 7, 7)
+    cams[0, 1, 5] = 1.0
+    up = upsample_aligned(cams, (16.0, 15.0), 128, (256, 256))[0].numpy()
+    r, c = np.unravel_index(np.argmax(up), up.shape)
+    # input pixel 16 n + 15 of the 128-side model input is crop pixel 2 (16 n + 15) + 0.5
+    assert abs(r - (2 * 31 + 0.5)) <= 1 and abs(c - (2 * 95 + 0.5)) <= 1
+    assert up.max() == pytest.approx(1.0, abs=0.05)
 
 
 def test_captum_gradcam_matches_the_definition():

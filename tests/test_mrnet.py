@@ -13,7 +13,8 @@ from pipeline.errors import InputError
 from pipeline.io.classifier import list_exams, load_pickled_array
 from pipeline.models.mrnet import (MRNet, count_parameters, load_mrnet, load_pretrained_features,
                                    prepare_volume, save_mrnet, to_pixels)
-from pipeline.training.mrnet import MRNetTrainConfig, binary_metrics, roc_auc, train_mrnet, tune_split
+from pipeline.training.mrnet import (MRNetTrainConfig, binary_metrics, roc_auc, train_mrnet, tune_split,
+                                     youden_threshold)
 from tests.helpers import run_cli, write_params
 
 # torchvision.models.alexnet().features: (name, shape) of every parameter
@@ -153,6 +154,17 @@ def test_auc_and_binary_metrics():
     m = binary_metrics([0, 0, 1, 1, 1], [0.2, 0.7, 0.9, 0.6, 0.1])
     assert m["accuracy"] == pytest.approx(3 / 5)
     assert m["sensitivity"] == pytest.approx(2 / 3) and m["specificity"] == pytest.approx(1 / 2)
+
+
+def test_youden_threshold_separates_held_out_scores():
+    # all scores above 0.5 (an over-confident model): the cut falls between the classes
+    t = youden_threshold([0, 0, 0, 1, 1], [0.6, 0.65, 0.7, 0.8, 0.9])
+    assert t == pytest.approx(0.75)
+    m = binary_metrics([0, 1, 1, 0], [0.62, 0.85, 0.95, 0.72], t)
+    assert m["sensitivity"] == 1.0 and m["specificity"] == 1.0 and m["threshold"] == t
+    # overlapping classes: J is best at the cut with the fewest errors (here one positive missed)
+    assert youden_threshold([0, 1, 0, 1, 1], [0.1, 0.2, 0.3, 0.6, 0.7]) == pytest.approx(0.45)
+    assert youden_threshold([1, 1], [0.2, 0.3]) == 0.5
 
 
 # --------------------------------------------------------------------------- data sources

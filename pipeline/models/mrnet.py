@@ -56,6 +56,14 @@ class MRNet(nn.Module):
         super().__init__()
         self.features = alexnet_features()
         self.classifier = nn.Linear(256, 1)
+        # From scratch, PyTorch's default conv init (kaiming_uniform, a=sqrt(5)) shrinks the signal
+        # through five BN-free layers and MRNet barely learns in a few epochs on CPU (synthetic test
+        # AUC 0.62 after 2 epochs); He init (fan_out, as torchvision's VGG) reaches 0.9 in 4 epochs.
+        # Pretrained trunks overwrite these weights.
+        for m in self.features:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Per-slice 256-d descriptors: AlexNet features, global average pooling."""

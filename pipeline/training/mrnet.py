@@ -29,10 +29,10 @@ Progress = Optional[Callable[[int], None]]
 class MRNetTrainConfig:
     image_size: int = 128
     epochs: int = 8
-    lr: float = 1e-4
+    lr: float = 5e-5
     weight_decay: float = 0.01
     tune_fraction: float = 0.2
-    augment: bool = True
+    augment: bool = False
     rotation: float = 25.0          # degrees, as MRNet
     shift: float = 0.1              # fraction of the side (MRNet: 25 px of 256)
     flip: bool = True
@@ -84,6 +84,20 @@ def binary_metrics(labels: Sequence[int], probs: Sequence[float], threshold: flo
         "specificity": tn / (tn + fp) if tn + fp else float("nan"),
         "n": int(len(y)), "n_positive": int(y.sum()), "threshold": threshold,
     }
+
+
+def youden_threshold(labels: Sequence[int], probs: Sequence[float]) -> float:
+    """The probability cut maximising sensitivity + specificity (Youden's J) on held-out exams,
+    midway between neighbouring scores; 0.5 when there is a single class. A model trained for a
+    few epochs is poorly calibrated, and a fixed 0.5 can call every exam abnormal."""
+    y = np.asarray(labels, dtype=bool)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.all() or not y.any():
+        return 0.5
+    u = np.unique(p)
+    cuts = np.concatenate([[u[0] - 1e-6], (u[:-1] + u[1:]) / 2, [u[-1] + 1e-6]])
+    j = [((p >= c) & y).sum() / y.sum() + ((p < c) & ~y).sum() / (~y).sum() for c in cuts]
+    return float(cuts[int(np.argmax(j))])
 
 
 # --------------------------------------------------------------------------- data
@@ -232,14 +246,15 @@ def train_mrnet(train: Sequence[Exam], test: Sequence[Exam], cfg: MRNetTrainConf
         history.append({"epoch": epoch, **row})
         log(row)
         if (row["val/auc"], -row["val/loss"]) > (best["auc"], -best["loss"]):
-            best = {"auc": row["val/auc"], "loss": row["val/loss"], "epoch": epoch,
+            best = {"auc": row["val/auc"], "loss": row["val/loss"], "epoch": epoch, "logits": tune_logits,
                     "state": copy.deepcopy(model.state_dict())}
 
     model.load_state_dict(best["state"])
     test_logits = _predict(model, test, cfg, mean, std, device, progress)
     labels = [e.label for e in test]
+    threshold = youden_threshold(tune_labels, _sigmoid(best["logits"]))
     metrics = {
-        "test": binary_metrics(labels, _sigmoid(test_logits)),
+        "test": binary_metrics(labels, _sigmoid(test_logits), threshold),
         "best_epoch": best["epoch"],
         "tune_auc": best["auc"],
         "n_train": len(fit), "n_tune": len(tune),
@@ -248,7 +263,7 @@ def train_mrnet(train: Sequence[Exam], test: Sequence[Exam], cfg: MRNetTrainConf
     config = {
         **asdict(cfg),
         "mean": mean, "std": std, "scaling": "per-volume min/max to 0..255, then (x - mean) / std",
-        "best_epoch": best["epoch"], "class_weights": class_w.tolist(),
+        "best_epoch": best["epoch"], "class_weights": class_w.tolist(), "threshold": threshold,
         **(extra_config or {}),
     }
     return TrainResult(model=model.cpu().eval(), config=config, metrics=metrics, history=history)
