@@ -185,13 +185,13 @@ def test_misaligned_or_missing_heatmaps_are_errors(stores, tmp_path):
 
 def test_train_unet_cli_writes_model_and_curves(stores, tmp_path):
     params = write_params(tmp_path / "params.yaml", data={"crop": CROP, "annotations": None},
-                          unet={**TINY_UNET, "epochs": 2})
+                          unet={**TINY_UNET, "epochs": 2}, loss={"roi_weight": 7.0})
     out, live = tmp_path / "models" / "unet_weighted.pt", tmp_path / "live"
     r = _train_cli(stores, "weighted", out, "--live", live, "--checkpoint-dir", tmp_path / "ckpt", params=params)
     assert r.exit_code == 0, r.output
     assert "epoch 2/2" in r.output and "data wait" in r.output
     model, config = load_unet(out)
-    assert config["variant"] == "weighted" and config["train"]["roi_weight"] == 4.0
+    assert config["variant"] == "weighted" and config["train"]["roi_weight"] == 7.0
     assert config["model"] == model_config("fastmri", 4, 2, 0.0, True)
     loss = (live / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert loss[0].split("\t") == ["step", "loss"] and len(loss) == 3
