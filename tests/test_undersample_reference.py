@@ -4,7 +4,6 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-import torch
 import fastmri
 from fastmri.data import SliceDataset
 from fastmri.data import transforms as T

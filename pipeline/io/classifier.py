@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, first_line
 
 SPLITS = ("train", "valid")
 SOURCES = ("synthetic", "mrnet", "kneemri")
@@ -46,7 +46,7 @@ class Exam:
             try:
                 vol = np.load(self.path, allow_pickle=False)
             except Exception as exc:
-                raise InputError(f"{self.path}: unreadable .npy volume ({_first_line(exc)})") from None
+                raise InputError(f"{self.path}: unreadable .npy volume ({first_line(exc)})") from None
         else:
             vol = load_pickled_array(self.path)
         vol = check_volume(vol, self.path)
@@ -129,7 +129,7 @@ def _mrnet_layout(root: Path, split: str, plane: str, task: str) -> list[Exam]:
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as exc:
-            raise InputError(f"{path}: unreadable .npy volume ({_first_line(exc)})") from None
+            raise InputError(f"{path}: unreadable .npy volume ({first_line(exc)})") from None
         check_volume(arr, path)
         exams.append(Exam(id=key, path=path, label=labels[key]))
     return exams
@@ -243,14 +243,10 @@ def load_pickled_array(path: Path | str) -> np.ndarray:
     except pickle.UnpicklingError as exc:
         raise InputError(f"{path}: unsafe or invalid pickle ({exc})") from None
     except Exception as exc:
-        raise InputError(f"{path}: unreadable pickle ({_first_line(exc)})") from None
+        raise InputError(f"{path}: unreadable pickle ({first_line(exc)})") from None
     if type(obj) is not np.ndarray:
         raise InputError(f"{path}: unsafe or invalid pickle (holds {type(obj).__name__}, only numpy arrays are admitted)")
     if obj.dtype.hasobject:
         raise InputError(f"{path}: unsafe or invalid pickle (object array)")
     return obj
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

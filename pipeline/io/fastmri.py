@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, first_line
 
 ISMRMRD_NS = {"m": "http://www.ismrm.org/ISMRMRD"}
 TARGET_KEY = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
@@ -94,7 +94,7 @@ class FastMRIFile:
         try:
             self._h5 = h5py.File(self.path, "r")
         except (OSError, ValueError) as exc:
-            raise InputError(f"{self.path}: not a readable HDF5 file ({_short(exc)})") from None
+            raise InputError(f"{self.path}: not a readable HDF5 file ({first_line(exc)})") from None
         try:
             self.info = self._validate()
         except BaseException:
@@ -133,7 +133,7 @@ class FastMRIFile:
         try:
             raw = h5["ismrmrd_header"][()]
         except Exception as exc:
-            raise InputError(f"{p}: unreadable ismrmrd_header ({_short(exc)})") from None
+            raise InputError(f"{p}: unreadable ismrmrd_header ({first_line(exc)})") from None
         header = parse_header(raw, p)
         if "max" in h5.attrs:
             max_value = float(h5.attrs["max"])
@@ -149,7 +149,7 @@ class FastMRIFile:
         try:
             k = self._h5["kspace"][()]
         except (OSError, ValueError) as exc:
-            raise InputError(f"{self.path}: cannot read kspace ({_short(exc)})") from None
+            raise InputError(f"{self.path}: cannot read kspace ({first_line(exc)})") from None
         k = k.astype(np.complex64, copy=False)
         if not np.isfinite(k.view(np.float32)).all():
             raise InputError(f"{self.path}: kspace contains NaN or Inf")
@@ -159,12 +159,9 @@ class FastMRIFile:
         try:
             t = self._h5[TARGET_KEY[self.challenge]][()]
         except (OSError, ValueError) as exc:
-            raise InputError(f"{self.path}: cannot read target ({_short(exc)})") from None
+            raise InputError(f"{self.path}: cannot read target ({first_line(exc)})") from None
         t = t.astype(np.float32, copy=False)
         if not np.isfinite(t).all():
             raise InputError(f"{self.path}: {TARGET_KEY[self.challenge]} contains NaN or Inf")
         return t
 
-
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

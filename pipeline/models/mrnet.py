@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, first_line
+from pipeline.models.torch_files import read_model_file, read_torch_file
 
 ARCH = "mrnet-alexnet"
 # Bien et al.: each exam is scaled to 0..255 by its own min/max, then mean/std normalised
@@ -123,13 +124,8 @@ def load_pretrained_features(model: MRNet, path: Path | str) -> None:
     Accepts torchvision's full `alexnet` state dict (`features.*` and `classifier.*`; the head is
     ignored) or the trunk alone (`features.*` or bare `0.weight`, ...).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"mrnet.pretrained: {path}: file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"mrnet.pretrained: {path}: not a readable torch state dict ({_first_line(exc)})") from None
+    state = read_torch_file(path, missing="file not found", unreadable="not a readable torch state dict",
+                            label=f"mrnet.pretrained: {path}")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -157,16 +153,9 @@ def save_mrnet(path: Path | str, model: MRNet, config: dict) -> None:
 
 def load_mrnet(path: Path | str, map_location: str | torch.device = "cpu") -> tuple[MRNet, dict]:
     """Read a model written by `save_mrnet`; any problem with the file is one InputError."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: MRNet model file not found (run train-mrnet first)")
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable MRNet model file ({_first_line(exc)})") from None
-    if not (isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict)
-            and isinstance(blob.get("config"), dict)):
-        raise InputError(f"{path}: not an MRNet model file (expected keys 'state_dict' and 'config')")
+    blob = read_model_file(path, missing="MRNet model file not found (run train-mrnet first)",
+                           unreadable="not a readable MRNet model file", invalid="not an MRNet model file",
+                           map_location=map_location)
     config = blob["config"]
     if config.get("arch") != ARCH:
         raise InputError(f"{path}: model architecture is {config.get('arch')!r}, expected {ARCH!r}")
@@ -177,13 +166,9 @@ def load_mrnet(path: Path | str, map_location: str | torch.device = "cpu") -> tu
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:
-        raise InputError(f"{path}: weights do not fit MRNet ({_first_line(exc)})") from None
+        raise InputError(f"{path}: weights do not fit MRNet ({first_line(exc)})") from None
     for name, t in model.state_dict().items():
         if not torch.isfinite(t).all():
             raise InputError(f"{path}: weight {name} holds NaN or Inf")
     return model.to(map_location).eval(), config
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

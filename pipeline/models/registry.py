@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import InputError
+from pipeline.models.torch_files import read_model_file
 from pipeline.models.unet_seed import SeedUnet
 from pipeline.store import atomic_path
 
@@ -86,17 +87,8 @@ def save_unet(path: Path | str, model: nn.Module | dict[str, torch.Tensor], conf
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: missing U-Net checkpoint (run train-unet first)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) \
-            or not isinstance(ckpt.get("config"), dict):
-        raise InputError(f"{path}: not a roirecon checkpoint (expected keys 'state_dict' and 'config')")
-    return ckpt
+    return read_model_file(path, missing="missing U-Net checkpoint (run train-unet first)",
+                           unreadable="not a readable checkpoint", invalid="not a roirecon checkpoint")
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

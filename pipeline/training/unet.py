@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, first_line
 from pipeline.losses import ReconLoss, roi_weights
 from pipeline.metrics import volume_metrics, volume_slices
 from pipeline.models.registry import build_unet, check_state_dict, plain_state_dict, save_unet
@@ -253,7 +253,7 @@ def _load_resume(path: Path, key: str) -> Optional[dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"{path}: unreadable resume checkpoint ({str(exc).splitlines()[0][:160]}); "
+        raise InputError(f"{path}: unreadable resume checkpoint ({first_line(exc)}); "
                          f"delete it to start afresh") from None
     if not isinstance(ckpt, dict) or ckpt.get("key") != key:
         raise InputError(f"{path}: resume checkpoint belongs to another config; delete it to start afresh")

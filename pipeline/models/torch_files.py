@@ -1,0 +1,34 @@
+"""Reading torch files (our checkpoints, a user's pretrained weights) with one clear error."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import InputError, first_line
+
+
+def read_torch_file(path: Path | str, *, missing: str, unreadable: str, label: str | None = None,
+                    map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)`; a missing file raises `"<label>: <missing>"`, one torch
+    cannot read `"<label>: <unreadable> (<reason>)"` (label defaults to the path)."""
+    path = Path(path)
+    label = label or str(path)
+    if not path.is_file():
+        raise InputError(f"{label}: {missing}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{label}: {unreadable} ({first_line(exc)})") from None
+
+
+def read_model_file(path: Path | str, *, missing: str, unreadable: str, invalid: str,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A `{"state_dict": ..., "config": ...}` file as our save functions write; anything else
+    raises `"<path>: <invalid> (expected keys ...)"`."""
+    blob = read_torch_file(path, missing=missing, unreadable=unreadable, map_location=map_location)
+    if not (isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict)
+            and isinstance(blob.get("config"), dict)):
+        raise InputError(f"{path}: {invalid} (expected keys 'state_dict' and 'config')")
+    return blob
