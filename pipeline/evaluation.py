@@ -167,15 +167,7 @@ def annotation_boxes(annotations: Path | str | None, slices_path: Path | str, da
     fastMRI+ boxes are given in the recon frame (`frame` x `frame` when set, 320 for fastMRI+
     knee; else each volume's target shape) and moved into the centre crop as fastMRI crops.
     """
-    if annotations is None:
-        return {}
-    from pipeline.io.annotations import read_annotations, recon_frames
-    from pipeline.roi_scores import slice_boxes
+    from pipeline.roi_scores import split_boxes
 
-    path = Path(annotations)
-    if not path.is_file():
-        raise InputError(f"{path}: annotations file not found (set data.annotations to null to evaluate without ROIs)")
-    df = read_annotations(path)
-    frames = recon_frames(slices_path, data.split, frame, param="evaluate.frame")
-    crop = int(data.image.shape[-1])
-    return {key: [b for b, _ in found] for key, found in slice_boxes(df, frames, crop).items()}
+    found = split_boxes(annotations, slices_path, data.split, int(data.image.shape[-1]), frame, "evaluate.frame")
+    return {key: [b for b, _ in pairs] for key, pairs in found.items()}

@@ -13,10 +13,13 @@ Boxes are `(row0, col0, height, width)` in the crop frame (native orientation, r
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from pipeline.errors import InputError
 
 Box = tuple[int, int, int, int]
 
@@ -71,6 +74,20 @@ def slice_boxes(annotations: pd.DataFrame, frames: Mapping[str, tuple[int, int]]
             out[(name, int(r.slice))].append((b, str(r.label)))
     return dict(out)
 
+
+
+def split_boxes(annotations: Path | str | None, slices_path: Path | str, split: str, crop: int,
+                frame: int | None = None, param: str = "frame") -> dict[tuple[str, int], list[tuple[Box, str]]]:
+    """Boxes of one split of the slices store in its crop frame, with their labels (see
+    `slice_boxes`); {} without an annotations file. `frame` and `param` as `recon_frames`."""
+    if annotations is None:
+        return {}
+    from pipeline.io.annotations import read_annotations, recon_frames
+
+    path = Path(annotations)
+    if not path.is_file():
+        raise InputError(f"{path}: annotations file not found (set data.annotations to null to run without ROIs)")
+    return slice_boxes(read_annotations(path), recon_frames(slices_path, split, frame, param=param), crop)
 
 def score_slices(items: Iterable[tuple[np.ndarray, Sequence[Box], Sequence[str]]]) -> dict:
     """Pointing game and energy in box over (heatmap, boxes, labels) of annotated slices."""

@@ -9,13 +9,11 @@ import numpy as np
 import typer
 import zarr
 
-from pipeline.errors import InputError
 from pipeline.figures_gradcam import overlay_png, pick_evenly
 from pipeline.gradcam import (GradCAMSpec, annotated_slices, check_layer, check_slices_split,
                               write_heatmaps)
-from pipeline.io.annotations import read_annotations, recon_frames
 from pipeline.models.mrnet import load_mrnet
-from pipeline.roi_scores import score_slices, slice_boxes
+from pipeline.roi_scores import score_slices, split_boxes
 from pipeline.store import SPLITS, atomic_path, open_store, split_group
 from stages.app import PARAMS_OPTION, app, stage
 from stages.mrnet import write_json
@@ -50,11 +48,8 @@ def gradcam_cmd(
     test = store[SCORED_SPLIT]
     crop = shapes[SCORED_SPLIT][1]
     ann_path = annotations or (Path(p.data.annotations) if p.data.annotations else None)
-    boxes = {}
-    if ann_path is not None:  # validate the boxes before the long part
-        if not ann_path.is_file():
-            raise InputError(f"{ann_path}: annotations file not found")
-        boxes = slice_boxes(read_annotations(ann_path), recon_frames(slices, SCORED_SPLIT, g.frame, param="gradcam.frame"), crop)
+    # the boxes are read and checked before the long part
+    boxes = split_boxes(ann_path, slices, SCORED_SPLIT, crop, g.frame, "gradcam.frame")
     total = sum(n for n, _ in shapes.values())
 
     with contextlib.ExitStack() as stack:
