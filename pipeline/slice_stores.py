@@ -92,8 +92,12 @@ def _write_store(out: Path, scans: dict[str, list[VolumeInfo]], attrs: dict,
 
 def build_slices_store(out: Path | str, scans: dict[str, list[VolumeInfo]], *, raw_dir: str,
                        challenge: str, crop: int, workers: int = 1, progress: Progress = None) -> dict[str, int]:
-    """slices store: volume, slice, target (N,C,C) float32, max_value (N,). Returns slices per split."""
-    attrs = {"kind": "slices", "raw_dir": str(raw_dir), "challenge": challenge, "crop": crop}
+    """slices store: volume, slice, target (N,C,C) float32, max_value (N,). Returns slices per split.
+    Attr `recon_frames` keeps each volume's target shape (the frame of fastMRI+ boxes), so later
+    stages need not reopen the raw files."""
+    frames = {split: {i.name: list(i.target_shape) for i in infos} for split, infos in scans.items()}
+    attrs = {"kind": "slices", "raw_dir": str(raw_dir), "challenge": challenge, "crop": crop,
+             "recon_frames": frames}
     return _write_store(
         Path(out), scans, attrs,
         layout=lambda _: {"target": ((crop, crop), "float32"), "max_value": ((), "float32")},

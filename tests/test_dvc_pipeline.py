@@ -52,6 +52,7 @@ def repo(tmp_path_factory) -> Path:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     _sh(root, "git", "init", "-q")
     _sh(root, "dvc", "init", "-q")

@@ -6,7 +6,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import zarr
 
+from pipeline.io.annotations import recon_frames
 from pipeline.store import open_store
 from tests.helpers import copy_tree, run_cli, write_params
 
@@ -47,6 +49,21 @@ def test_slices_store_layout_and_values(built, tiny_fastmri):
         np.testing.assert_array_equal(g["target"][:], np.concatenate(targets))
         np.testing.assert_allclose(g["max_value"][:], maxes)
         assert g["target"].chunks == (1, 24, 24)
+
+
+def test_slices_store_records_recon_frames(built, tiny_fastmri, tmp_path):
+    s = open_store(built / "slices.zarr", kind="slices")
+    for split in ("train", "val", "test"):
+        expected = {}
+        for f in sorted((tiny_fastmri / split).glob("*.h5")):
+            with h5py.File(f) as h:
+                expected[f.name] = tuple(h["reconstruction_esc"].shape[-2:])
+        assert {k: tuple(v) for k, v in s.attrs["recon_frames"][split].items()} == expected
+        # read from the store: the raw files are not needed any more
+        moved = copy_tree(built / "slices.zarr", tmp_path / split / "slices.zarr")
+        zarr.open_group(str(moved), mode="r+").attrs["raw_dir"] = str(tmp_path / "gone")
+        assert recon_frames(moved, split) == expected
+        assert recon_frames(moved, split, frame=320) == {k: (320, 320) for k in expected}
 
 
 def test_undersampled_store_layout(built):

@@ -89,9 +89,10 @@ def read_annotations(path: Path | str, frame_height: int = 320) -> pd.DataFrame:
 def recon_frames(slices_path: Path | str, split: str, frame: int | None = None,
                  param: str = "frame") -> dict[str, tuple[int, int]]:
     """Recon frame (H, W) of each volume of a split, in which annotation boxes are given:
-    `frame` x `frame` when set (fastMRI+ knee: 320), else the target shape read from the
-    fastMRI files the slices store was built from (its `raw_dir` and `challenge` attrs).
-    `param` names the setting to suggest when a file cannot be found."""
+    `frame` x `frame` when set (fastMRI+ knee: 320), else the target shape the slices store
+    recorded (its `recon_frames` attr) or, for a store without it, read from the fastMRI files it
+    was built from (its `raw_dir` and `challenge` attrs). `param` names the setting to suggest
+    when a file cannot be found."""
     from pipeline.io.fastmri import FastMRIFile
     from pipeline.store import as_str, open_store, split_group
 
@@ -99,6 +100,9 @@ def recon_frames(slices_path: Path | str, split: str, frame: int | None = None,
     names = sorted(set(as_str(split_group(slices, split, slices_path)["volume"][:])))
     if frame is not None:
         return {n: (frame, frame) for n in names}
+    recorded = dict(slices.attrs.get("recon_frames", {})).get(split, {})
+    if all(n in recorded for n in names):
+        return {n: (int(recorded[n][0]), int(recorded[n][1])) for n in names}
     raw_dir, challenge = slices.attrs.get("raw_dir"), slices.attrs.get("challenge", "singlecoil")
     frames = {}
     for n in names:
