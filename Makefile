@@ -4,10 +4,13 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Offline HTML template for `dvc plots show/diff` (vega JS inlined; .dvc/config points
+# plots.html_template at it; gitignored, ~0.9 MB).
+PLOTS_HTML := .dvc/plots/offline.html
 
 .PHONY: setup repro test bench clean-venv
 
-setup: $(STAMP)
+setup: $(STAMP) $(PLOTS_HTML)
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 1; }
@@ -17,6 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps fastmri==0.3.0
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+$(PLOTS_HTML): $(STAMP) tools/offline_plots.py
+	$(BIN)/python tools/offline_plots.py $@
+	touch $@
 
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro

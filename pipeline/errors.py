@@ -10,3 +10,17 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """A library exception's message cut to one line, to quote inside an InputError."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def check_disjoint(splits: dict[str, dict[str, object]], what: str) -> None:
+    """Refuse a key (file name, exam id) found in more than one split: `splits` maps each split to
+    {key: where it is}. The message names the first such key, both splits and both places."""
+    names = list(splits)
+    shared = [(key, a, b) for i, a in enumerate(names) for b in names[i + 1:]
+              for key in sorted(splits[a].keys() & splits[b].keys())]
+    if shared:
+        key, a, b = shared[0]
+        n = len({k for k, _, _ in shared})
+        more = f" ({n} {what}s in more than one split)" if n > 1 else ""
+        raise InputError(f"{what} {key} is in both the {a} and {b} splits: {splits[a][key]} and "
+                         f"{splits[b][key]}{more}")

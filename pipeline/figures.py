@@ -1,119 +1,242 @@
-"""Error-map figures of chosen test slices.
+"""Error-map figures of chosen test slices, one PNG per slice.
 
-One PNG per slice: top row ground truth (with the ROI boxes), zero-filled, baseline and weighted
-reconstructions on one grey scale; bottom row the Grad-CAM heatmap over the ground truth (with the
-boxes), and the absolute error maps of the three reconstructions on one shared colour scale.
+Top row: the ground truth with its lesion boxes, then each reconstruction on the same grey scale,
+titled with its PSNR and ROI PSNR (data range = the volume max, as in the metrics). Bottom row: the
+Grad-CAM heatmap over the ground truth, then each reconstruction's |error| as a percentage of the
+volume max, all on one colour scale, each with a zoomed inset of the largest box.
+
+Slices are chosen from the ground-truth boxes alone, so every commit draws the same slices and
+`dvc plots diff` compares like with like.
 """
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Patch, Rectangle
 
+from pipeline.roi_scores import box_mask
 from pipeline.store import atomic_path
 
-Box = tuple[int, int, int, int]
-LABELS = {"zero_filled": "zero-filled", "baseline": "U-Net baseline", "weighted": "U-Net ROI-weighted"}
+Box = tuple[int, int, int, int]  # (row0, col0, height, width)
+DPI = 100
+BOX_COLOR = "#39ff14"
+BOX_LABEL = "ground-truth lesion box"
+ERROR_CMAP = "inferno"
+ERROR_LABEL = "absolute error (% of volume max)"
+ERROR_PERCENTILE = 99.5
+ZOOM_MARGIN = 0.5  # inset margin on each side, as a fraction of the box size
 
 
-def choose_slices(volumes: np.ndarray, roi: np.ndarray, heat: np.ndarray | None, n: int) -> list[int]:
-    """Up to n rows, one per volume first: largest ROI area, then largest heatmap mass, then middle slices."""
+@dataclass
+class ErrorPanel:
+    """Inputs of one figure. recons: display label -> (C,C) image, in column order; heat in [0, 1];
+    maxval: the volume max (the metrics' data range)."""
+    volume: str
+    slice: int
+    target: np.ndarray
+    recons: dict[str, np.ndarray]
+    heat: np.ndarray | None
+    boxes: list[Box]
+    maxval: float
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.volume.removesuffix('.h5')}_slice{self.slice:03d}.png"
+
+
+# ---- output ---------------------------------------------------------------------------------------
+
+def save_png(fig: Figure, path: Path | str) -> None:
+    """PNG at a fixed dpi without the version stamp, so equal inputs give equal bytes."""
+    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+
+
+def write_png(fig: Figure, path: Path | str) -> None:
+    """`save_png` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        save_png(fig, tmp)
+
+
+def write_error_maps(out_dir: Path | str, panels: Sequence[ErrorPanel]) -> list[str]:
+    """One PNG per panel into `out_dir` (the whole directory replaced atomically); returns the names."""
+    names = [p.file_name for p in panels]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two panels would write the same file: {names}")
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for panel in panels:
+            save_png(error_map_figure(panel), tmp / panel.file_name)
+    return names
+
+
+# ---- slice choice ---------------------------------------------------------------------------------
+
+def choose_slices(volumes: np.ndarray, slices: np.ndarray, roi_area: np.ndarray, n: int) -> list[int]:
+    """Up to n row indices, from the ground-truth boxes alone.
+
+    Rows with boxes, largest ROI area first (ties: volume name, then slice index), taking one slice
+    per volume while volumes last; when fewer than n rows have boxes, the middle slices of the
+    volumes in name order fill up (volumes not yet drawn first).
+    """
+    names = [str(v) for v in np.asarray(volumes)]
+    index = [int(s) for s in np.asarray(slices)]
+    area = np.asarray(roi_area, dtype=np.float64).ravel()
+    if not len(names) == len(index) == len(area):
+        raise ValueError(f"volumes, slices, roi_area differ in length: {len(names)}, {len(index)}, {len(area)}")
     if n <= 0:
         return []
-    names = np.asarray(volumes)
-    area = roi.reshape(len(roi), -1).sum(1).astype(np.float64)
-    mass = heat.reshape(len(heat), -1).sum(1) if heat is not None else np.zeros(len(roi))
-    middle = np.zeros(len(roi))
-    for name in dict.fromkeys(names.tolist()):
-        rows = np.flatnonzero(names == name)
-        middle[rows[len(rows) // 2]] = 1
-    order = np.lexsort((-middle, -mass, -area))  # primary key last: area, then mass, then middle
-    chosen, used = [], set()
-    for i in order:  # one slice per volume while volumes last, then any
-        if names[i] not in used:
-            chosen.append(int(i))
-            used.add(names[i])
-        if len(chosen) == n:
-            return chosen
-    for i in order:
-        if int(i) not in chosen:
-            chosen.append(int(i))
+    boxed = sorted(np.flatnonzero(area > 0).tolist(), key=lambda i: (-area[i], names[i], index[i]))
+    seen: Counter = Counter()
+    rank = {}
+    for i in boxed:  # rank within its volume: 0 for the volume's largest box
+        rank[i] = seen[names[i]]
+        seen[names[i]] += 1
+    chosen = sorted(boxed, key=lambda i: rank[i])[:n]  # stable: keeps the area order within a rank
+    drawn = {names[i] for i in chosen}
+    for i in sorted(middle_rows(names, index), key=lambda i: (names[i] in drawn, names[i])):
         if len(chosen) == n:
             break
+        if i not in chosen:
+            chosen.append(i)
     return chosen
 
 
-def _psnr(gt: np.ndarray, x: np.ndarray, maxval: float, mask: np.ndarray | None = None) -> float:
-    err = (gt.astype(np.float64) - x) ** 2
-    mse = err[mask].mean() if mask is not None else err.mean()
-    return float(10 * np.log10(maxval ** 2 / mse)) if mse > 0 else float("inf")
+def middle_rows(names: Sequence[str], index: Sequence[int]) -> list[int]:
+    """Row of each volume's middle slice (by slice index), volumes in name order."""
+    rows: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        rows.setdefault(name, []).append(i)
+    out = []
+    for name in sorted(rows):
+        ordered = sorted(rows[name], key=lambda i: index[i])
+        out.append(ordered[len(ordered) // 2])
+    return out
 
 
-def _boxes(ax, boxes: Sequence[Box], color: str = "#39ff14") -> None:
+# ---- numbers --------------------------------------------------------------------------------------
+
+def psnr_db(target: np.ndarray, recon: np.ndarray, maxval: float, mask: np.ndarray | None = None) -> float:
+    """PSNR with data range maxval, over `mask` when given (NaN for an empty mask)."""
+    err = (target.astype(np.float64) - recon.astype(np.float64)) ** 2
+    if mask is not None:
+        if not mask.any():
+            return float("nan")
+        err = err[mask]
+    mse = float(err.mean())
+    return float(10 * np.log10(float(maxval) ** 2 / mse)) if mse > 0 else float("inf")
+
+
+def percent_error(target: np.ndarray, recon: np.ndarray, maxval: float) -> np.ndarray:
+    """|recon - target| as a percentage of maxval."""
+    scale = float(maxval) if maxval > 0 else 1.0
+    return 100.0 * np.abs(recon.astype(np.float64) - target.astype(np.float64)) / scale
+
+
+def shared_error_scale(target: np.ndarray, recons: Mapping[str, np.ndarray] | Iterable[np.ndarray],
+                       maxval: float) -> float:
+    """Colour-scale top for all error panels of a figure: the 99.5th percentile of the percent
+    errors of all reconstructions together (their max if that is 0; 1 if all errors are 0)."""
+    images = recons.values() if isinstance(recons, Mapping) else recons
+    errors = [percent_error(target, r, maxval).ravel() for r in images]
+    if not errors:
+        return 1.0
+    pooled = np.concatenate(errors)
+    top = float(np.percentile(pooled, ERROR_PERCENTILE))
+    if not top > 0:
+        top = float(pooled.max())
+    return top if top > 0 else 1.0
+
+
+def largest_box(boxes: Sequence[Box]) -> Box:
+    """The box of largest area (the first one on ties)."""
+    return max(boxes, key=lambda b: b[2] * b[3])
+
+
+def zoom_window(box: Box, shape: tuple[int, int], margin: float = ZOOM_MARGIN) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1), end-exclusive: the box plus `margin` of its size on each side, in the image."""
+    r0, c0, h, w = box
+    dr, dc = max(2, round(margin * h)), max(2, round(margin * w))
+    return max(r0 - dr, 0), min(r0 + h + dr, shape[0]), max(c0 - dc, 0), min(c0 + w + dc, shape[1])
+
+
+# ---- drawing --------------------------------------------------------------------------------------
+
+def error_map_figure(panel: ErrorPanel) -> Figure:
+    """The figure of one slice (see the module doc)."""
+    labels = list(panel.recons)
+    cols = 1 + len(labels)
+    fig = Figure(figsize=(2.8 * cols + 1.0, 6.6), dpi=DPI, layout="constrained")
+    axes = fig.subplots(2, cols, squeeze=False)
+    gt = panel.target.astype(np.float64)
+    grey = {"cmap": "gray", "vmin": 0.0, "vmax": float(gt.max()) or 1.0}
+    mask = box_mask(gt.shape, panel.boxes)
+    vmax = shared_error_scale(gt, panel.recons, panel.maxval)
+
+    _show(axes[0, 0], gt, "ground truth", grey, panel.boxes)
+    _heat_panel(axes[1, 0], gt, panel.heat, grey, panel.boxes)
+    image = None
+    for j, label in enumerate(labels, start=1):
+        recon = panel.recons[label]
+        _show(axes[0, j], recon, _quality_title(label, gt, recon, panel.maxval, mask), grey, [])
+        err = percent_error(gt, recon, panel.maxval)
+        image = _show(axes[1, j], err, f"|error| {label}", {"cmap": ERROR_CMAP, "vmin": 0.0, "vmax": vmax},
+                      panel.boxes)
+        if panel.boxes:
+            _zoom_inset(axes[1, j], err, largest_box(panel.boxes), vmax)
+    if image is not None:
+        fig.colorbar(image, ax=axes[1, 1:].tolist(), label=ERROR_LABEL, shrink=0.9)
+    if panel.boxes:
+        fig.legend(handles=[Patch(facecolor="none", edgecolor=BOX_COLOR, label=BOX_LABEL)],
+                   loc="outside lower center", fontsize=9, frameon=False)
+    fig.suptitle(f"{panel.volume} slice {panel.slice}  (data range = volume max {panel.maxval:.4g})", fontsize=10)
+    return fig
+
+
+def _show(ax, image: np.ndarray, title: str, scale: dict, boxes: Sequence[Box]):
+    im = ax.imshow(image, **scale)
+    ax.set_title(title, fontsize=8)
+    _draw_boxes(ax, boxes)
+    ax.set_axis_off()
+    return im
+
+
+def _draw_boxes(ax, boxes: Sequence[Box]) -> None:
     for r0, c0, h, w in boxes:
-        ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), w, h, fill=False, edgecolor=color, linewidth=1.2))
+        ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), w, h, fill=False, edgecolor=BOX_COLOR, linewidth=1.2))
 
 
-def error_map_figure(path: Path | str, gt: np.ndarray, recons: Mapping[str, np.ndarray], heat: np.ndarray | None,
-                     boxes: Sequence[Box], maxval: float, title: str) -> None:
-    """Write one error-map PNG (see module doc); `maxval` is the volume max (the metrics' data range)."""
-    names = list(recons)
-    cols = 1 + len(names)
-    fig = Figure(figsize=(2.6 * cols + 0.9, 6.0), dpi=100)
-    axes = fig.subplots(2, cols, gridspec_kw={"left": 0.01, "right": 0.9, "bottom": 0.02, "top": 0.86,
-                                              "wspace": 0.04, "hspace": 0.22})
-    roi = np.zeros(gt.shape, dtype=bool)
-    for r0, c0, h, w in boxes:
-        roi[max(r0, 0):r0 + h, max(c0, 0):c0 + w] = True
-    errors = {k: np.abs(recons[k].astype(np.float64) - gt) for k in names}
-    emax = float(max(np.percentile(e, 99.5) for e in errors.values())) or 1.0
-    vmax = float(gt.max()) or 1.0
-
-    axes[0, 0].imshow(gt, cmap="gray", vmin=0, vmax=vmax)
-    axes[0, 0].set_title("ground truth", fontsize=9)
-    _boxes(axes[0, 0], boxes)
-    for j, k in enumerate(names, start=1):
-        axes[0, j].imshow(recons[k], cmap="gray", vmin=0, vmax=vmax)
-        t = f"{LABELS.get(k, k)}\nPSNR {_psnr(gt, recons[k], maxval):.2f} dB"
-        if roi.any():
-            t += f", ROI {_psnr(gt, recons[k], maxval, roi):.2f} dB"
-        axes[0, j].set_title(t, fontsize=8)
-        im = axes[1, j].imshow(errors[k], cmap="inferno", vmin=0, vmax=emax)
-        axes[1, j].set_title(f"|error| {LABELS.get(k, k)}", fontsize=8)
-        _boxes(axes[1, j], boxes, color="#00e5ff")
-    axes[1, 0].imshow(gt, cmap="gray", vmin=0, vmax=vmax)
-    if heat is not None:
-        axes[1, 0].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    axes[1, 0].set_title("Grad-CAM heatmap + ROI boxes", fontsize=8)
-    _boxes(axes[1, 0], boxes)
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    box = axes[1, -1].get_position()
-    cax = fig.add_axes((box.x1 + 0.012, box.y0, 0.015, box.height))
-    fig.colorbar(im, cax=cax, label="absolute error (shared scale)")
-    fig.suptitle(title, fontsize=10)
-    fig.savefig(path)
+def _quality_title(label: str, gt: np.ndarray, recon: np.ndarray, maxval: float, mask: np.ndarray) -> str:
+    roi = f"ROI {psnr_db(gt, recon, maxval, mask):.2f} dB" if mask.any() else "ROI n/a"
+    return f"{label}\nPSNR {psnr_db(gt, recon, maxval):.2f} dB, {roi}"
 
 
-def write_error_maps(out_dir: Path | str, volumes: np.ndarray, slices: np.ndarray, target: np.ndarray,
-                     recons: Mapping[str, np.ndarray], heat: np.ndarray | None, roi: np.ndarray,
-                     boxes: Mapping[tuple[str, int], Sequence[Box]], n: int) -> list[str]:
-    """PNGs of n chosen slices into `out_dir` (replaced atomically); returns the file names."""
-    rows = choose_slices(volumes, roi, heat, n)
-    names = []
-    vol_max = {}
-    for name in dict.fromkeys(np.asarray(volumes).tolist()):
-        vol_max[name] = float(target[np.asarray(volumes) == name].max())
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        for i in rows:
-            vol, k = str(volumes[i]), int(slices[i])
-            fname = f"{vol.removesuffix('.h5')}_slice{k:03d}.png"
-            error_map_figure(tmp / fname, target[i], {v: r[i] for v, r in recons.items()},
-                             None if heat is None else heat[i], boxes.get((vol, k), []), vol_max[vol],
-                             f"{vol} slice {k}")
-            names.append(fname)
-    return names
+def _heat_panel(ax, gt: np.ndarray, heat: np.ndarray | None, grey: dict, boxes: Sequence[Box]) -> None:
+    if heat is None:
+        _show(ax, gt, "ground truth\n(no heatmap)", grey, boxes)
+        ax.text(0.5, 0.5, "no heatmap", transform=ax.transAxes, ha="center", va="center", fontsize=10,
+                color="white", bbox={"facecolor": "black", "alpha": 0.6, "edgecolor": "none"})
+        return
+    _show(ax, gt, "Grad-CAM heatmap\nover ground truth", grey, boxes)
+    ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+
+
+def _zoom_inset(ax, err: np.ndarray, box: Box, vmax: float) -> None:
+    """Inset of the box's neighbourhood, in the corner away from the box, on the same colour scale."""
+    r0, r1, c0, c1 = zoom_window(box, err.shape)
+    below = box[0] + box[2] / 2 < err.shape[0] / 2  # box in the upper half: inset at the bottom
+    right = box[1] + box[3] / 2 < err.shape[1] / 2
+    inset = ax.inset_axes((0.56 if right else 0.02, 0.02 if below else 0.56, 0.42, 0.42))
+    inset.imshow(err, cmap=ERROR_CMAP, vmin=0.0, vmax=vmax, interpolation="nearest")
+    inset.set_xlim(c0 - 0.5, c1 - 0.5)
+    inset.set_ylim(r1 - 0.5, r0 - 0.5)
+    _draw_boxes(inset, [box])
+    inset.text(0.04, 0.96, "zoom", transform=inset.transAxes, ha="left", va="top", fontsize=6, color="white")
+    inset.set_xticks([])
+    inset.set_yticks([])
+    for spine in inset.spines.values():
+        spine.set_edgecolor("white")

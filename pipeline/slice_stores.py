@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 import zarr
 
+from pipeline.errors import check_disjoint
 from pipeline.io.fastmri import FastMRIFile, VolumeInfo, list_split
 from pipeline.kspace import center_crop, check_crop, instance_stats, mask_function, volume_mask, zero_filled
 from pipeline.parallel import ordered_map
@@ -27,10 +28,10 @@ class MaskSpec:
     center_fraction: float = 0.08
 
 
-def scan_split(raw_dir: Path, split: str, challenge: str, crop: int) -> list[VolumeInfo]:
+def scan_split(paths: list[Path], challenge: str, crop: int) -> list[VolumeInfo]:
     """Validate every file of a split (metadata only) and check the crop fits."""
     infos = []
-    for path in list_split(raw_dir, split):
+    for path in paths:
         with FastMRIFile(path, challenge) as f:
             info = f.info
         check_crop(crop, info.target_shape, str(path))
@@ -40,7 +41,11 @@ def scan_split(raw_dir: Path, split: str, challenge: str, crop: int) -> list[Vol
 
 
 def scan(raw_dir: Path | str, challenge: str, crop: int) -> dict[str, list[VolumeInfo]]:
-    return {split: scan_split(Path(raw_dir), split, challenge, crop) for split in SPLITS}
+    """Every split's files validated; a file name in two splits (a volume copied across) is refused
+    before any file is opened."""
+    files = {split: list_split(raw_dir, split) for split in SPLITS}
+    check_disjoint({split: {p.name: p for p in paths} for split, paths in files.items()}, "file")
+    return {split: scan_split(paths, challenge, crop) for split, paths in files.items()}
 
 
 def _target_job(args: tuple[Path, str, int]) -> dict[str, np.ndarray]:

@@ -39,7 +39,8 @@ Determinism: every volume and exam has its own generator `np.random.default_rng(
 split_index, i])` (stream 0: fastMRI volumes, 1: MRNet exams, 2: file names, 3: lesion flags), so
 the same seed gives byte-identical files, and exams and reconstruction volumes are different
 subjects. floor(n * lesion_rate + 0.5) of the n volumes (exams) of each split have lesions, at
-seeded positions.
+seeded positions (`eval_lesion_rate` for the val and test splits, when set: lesion-rich evaluation
+splits give the ROI metrics enough volumes with boxes).
 
 MRNet exams (`write_mrnet_exams`) are drawn from the same phantom and the same acquisition model
 (band-limit, noise) as the fastMRI targets (computed with 1-D column FFTs on the recon rows, which
@@ -90,6 +91,7 @@ class SyntheticSpec:
     coils: int = 1
     lesion_rate: float = 0.5
     noise: float = 0.02
+    eval_lesion_rate: float | None = None   # the val and test splits' rate (None: lesion_rate)
     exams: dict[str, int] = field(default_factory=lambda: {"train": 120, "valid": 40})
     exam_slices: int = 8
 
@@ -104,9 +106,10 @@ class SyntheticSpec:
             v = getattr(self, name)
             if not is_int(v) or v < lo:
                 raise InputError(f"synthetic.{name}: must be an integer >= {lo}, got {v!r}")
-        if not is_num(self.lesion_rate) or not 0.0 <= float(self.lesion_rate) <= 1.0:
-            raise InputError(f"synthetic.lesion_rate: must be a number in [0, 1], "
-                             f"got {self.lesion_rate!r}")
+        for name in ("lesion_rate", "eval_lesion_rate"):
+            v = getattr(self, name)
+            if (v is not None or name == "lesion_rate") and (not is_num(v) or not 0.0 <= float(v) <= 1.0):
+                raise InputError(f"synthetic.{name}: must be a number in [0, 1], got {v!r}")
         if not is_num(self.noise) or not 0.0 <= float(self.noise) < 1.0 \
                 or not math.isfinite(float(self.noise)):
             raise InputError(f"synthetic.noise: must be a number in [0, 1), got {self.noise!r}")
@@ -475,8 +478,8 @@ def _fastmri_jobs(spec: SyntheticSpec, seed: int) -> list[tuple]:
     jobs = []
     for split in FASTMRI_SPLITS:
         n = spec.volumes.get(split, 0)
-        flags = _lesion_flags(n, spec.lesion_rate,
-                              np.random.default_rng([seed, 3, FASTMRI_SPLITS.index(split)]))
+        rate = spec.lesion_rate if split == "train" or spec.eval_lesion_rate is None else spec.eval_lesion_rate
+        flags = _lesion_flags(n, rate, np.random.default_rng([seed, 3, FASTMRI_SPLITS.index(split)]))
         jobs += [(spec, seed, split, i, bool(flags[i])) for i in range(n)]
     return jobs
 

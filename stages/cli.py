@@ -4,7 +4,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from stages import evaluate, gradcam, mrnet, slices, summary, synthesize, unet  # noqa: F401  (registers commands)
+from stages import boxmaps, evaluate, gradcam, mrnet, slices, summary, synthesize, unet  # noqa: F401  (registers commands)
 from stages.app import app
 
 

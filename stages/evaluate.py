@@ -1,4 +1,4 @@
-"""evaluate: zero-filled, baseline and weighted reconstructions of the test split, metrics and error maps."""
+"""evaluate: zero-filled and every U-Net (variant x seed) on one split; paired comparisons with the baseline."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,42 +17,51 @@ from stages.summary import metrics_table
 def evaluate_cmd(
     slices: Path = typer.Option(Path("data/slices.zarr"), help="slices store (targets)"),
     undersampled: Path = typer.Option(Path("data/undersampled.zarr"), help="undersampled store (inputs)"),
-    heatmaps: Path = typer.Option(Path("data/heatmaps.zarr"), help="Grad-CAM heatmaps store"),
+    heatmaps: Path = typer.Option(Path("data/heatmaps.zarr"), help="Grad-CAM heatmaps store (figures, heatmap NMSE)"),
     annotations: Optional[Path] = typer.Option(None, help="fastMRI+ knee.csv-style ROI boxes (default: data.annotations)"),
-    models: Path = typer.Option(Path("models"), help="directory with unet_baseline.pt and unet_weighted.pt"),
+    models: Path = typer.Option(Path("models/unet"), help="directory with <variant>_s<seed>.pt for every variant and seed"),
     out: Path = typer.Option(Path("data/reconstructions.zarr"), help="reconstructions store to write"),
-    metrics: Path = typer.Option(Path("reports/metrics.json"), help="metrics (JSON) to write"),
-    per_volume: Path = typer.Option(Path("reports/per_volume.csv"), help="per-volume metrics (CSV) to write"),
-    figures: Path = typer.Option(Path("reports/error_maps"), help="directory for the error-map PNGs"),
+    metrics: Path = typer.Option(Path("reports/metrics.json"), help="tracked metrics (JSON, at most 40 numbers)"),
+    detail: Path = typer.Option(Path("reports/evaluation.json"), help="all comparisons, seed SDs, counts (JSON)"),
+    per_volume: Path = typer.Option(Path("reports/per_volume.csv"), help="per (variant, seed, volume) metrics (CSV)"),
+    figures: Path = typer.Option(Path("reports/figures"), help="directory for the comparison figures"),
+    error_maps: Path = typer.Option(Path("reports/error_maps"), help="directory for the error-map PNGs"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Evaluate on the test split. Reads: the three stores, the ROI boxes, models/unet_{baseline,weighted}.pt.
-    Writes: data/reconstructions.zarr, reports/metrics.json, reports/per_volume.csv, reports/error_maps/*.png.
-    Params: data.annotations, evaluate.*. Metrics are fastMRI's (per volume, then mean), whole image and
-    inside the ROI boxes, plus a heatmap-weighted NMSE; see pipeline/metrics.py."""
+    """Evaluate on evaluate.split (test for the final numbers, val for tuning). Reads: the three
+    stores, the ROI boxes, models/unet/<variant>_s<seed>.pt for baseline, weighted and oracle and
+    every seed in unet.seeds. Writes: data/reconstructions.zarr, reports/metrics.json,
+    reports/evaluation.json, reports/per_volume.csv, reports/figures/*.png, reports/error_maps/*.png.
+    Params: evaluate.*, unet.seeds, data.annotations, data.annotation_frame. Metrics are fastMRI's
+    (per volume, then mean), whole image and inside the ROI boxes; comparisons are paired by volume
+    (seeds averaged), with a BCa bootstrap interval and a Wilcoxon p-value (pipeline/stats.py)."""
     # heavy imports here, not at module level: `roirecon <other stage>` should not pay for them
-    from pipeline.evaluation import (MODELS, annotation_boxes, evaluate, load_models, roi_masks, write_metrics,
-                                     write_per_volume, write_reconstructions)
-    from pipeline.figures import write_error_maps
+    from pipeline.evaluation import (annotation_boxes, evaluate, model_runs, per_volume_table,
+                                     reconstructions_writer, roi_masks, summarize, write_per_volume)
+    from pipeline.reports import write_json
+    from pipeline.figures import choose_slices
+    from pipeline.report_figures import write_figures
     from pipeline.unet_data import load_split
 
     p = load_params(params)
     e = p.evaluate
     ann = annotations if annotations is not None else (Path(p.data.annotations) if p.data.annotations else None)
-    test = load_split(slices, undersampled, heatmaps, "test", keep_raw=True)
-    models_ = load_models(models)
-    boxes = annotation_boxes(ann, slices, test, e.frame)
-    with bar(len(MODELS), "evaluate", unit="model") as update:
-        ev = evaluate(test, models_, boxes, e.device, progress=update)
-    write_reconstructions(out, test, ev, {"models": {v: ev.configs[v]["model"] for v in MODELS}})
-    write_metrics(metrics, ev.metrics)
+    runs = model_runs(models, p.unet.seeds)
+    data = load_split(slices, undersampled, heatmaps, e.split, keep_raw=True)
+    boxes = annotation_boxes(ann, slices, data, p.data.annotation_frame)
+    roi_area = roi_masks(data, boxes).sum(axis=(1, 2))
+    rows = choose_slices(data.volume, data.slice, roi_area, e.n_figures)
+    with reconstructions_writer(out, data, {"seeds": list(p.unet.seeds)}) as write, \
+            bar(len(runs) + 1, f"evaluate {e.split}", unit="run") as update:
+        ev = evaluate(data, runs, boxes, e.device, keep_rows=rows, on_recon=write, progress=update)
+    table = per_volume_table(ev.per_volume)
+    tracked, info = summarize(table, e.bootstrap_resamples)
+    info["ms_per_slice"] = ev.ms_per_slice
     write_per_volume(per_volume, ev.per_volume)
-    roi = roi_masks(test, boxes)
-    heat = test.heatmap[:, 0].numpy() if test.heatmap is not None else None
-    pngs = write_error_maps(figures, test.volume, test.slice, test.target_raw, ev.recons, heat, roi, boxes,
-                            e.n_figures)
-    m = ev.metrics
-    typer.echo(f"evaluate: {m['n_volumes']} test volumes ({m['n_roi_volumes']} with ROI boxes), "
-               f"{m['n_slices']} slices -> {metrics}, {per_volume}, {out}, {len(pngs)} figures in {figures}")
-    typer.echo(metrics_table(m))
-
+    write_json(metrics, tracked)
+    write_json(detail, info)
+    n_png = write_figures(figures, error_maps, data, ev, table, info, boxes, rows)
+    typer.echo(f"evaluate: {info['n_volumes']} {e.split} volumes ({info['n_roi_volumes']} with ROI boxes), "
+               f"{info['n_slices']} slices, {len(runs)} U-Nets -> {metrics}, {detail}, {per_volume}, {out}, "
+               f"{n_png} figures")
+    typer.echo(metrics_table(tracked))

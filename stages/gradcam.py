@@ -13,10 +13,10 @@ from pipeline.figures_gradcam import overlay_png, pick_evenly
 from pipeline.gradcam import (GradCAMSpec, annotated_slices, check_layer, check_slices_split,
                               write_heatmaps)
 from pipeline.models.mrnet import load_mrnet
+from pipeline.reports import write_json
 from pipeline.roi_scores import score_slices, split_boxes
 from pipeline.store import SPLITS, atomic_path, open_store, split_group
 from stages.app import PARAMS_OPTION, app, stage
-from stages.mrnet import write_json
 from stages.progress import bar
 from stages.settings import load_params
 
@@ -37,7 +37,7 @@ def gradcam_cmd(
     """Grad-CAM ROI maps. Reads: data/slices.zarr, models/mrnet.pt, data.annotations. Writes:
     data/heatmaps.zarr (heatmap in [0, 1] per slice, aligned with the slices store),
     reports/gradcam.json (pointing game, energy in box on annotated test slices),
-    reports/gradcam/*.png. Params: gradcam.*, data.annotations."""
+    reports/gradcam/*.png. Params: gradcam.*, data.annotations, data.annotation_frame."""
     p = load_params(params)
     g = p.gradcam
     spec = GradCAMSpec(layer=g.layer, smooth_sigma=g.smooth_sigma)
@@ -49,7 +49,7 @@ def gradcam_cmd(
     crop = shapes[SCORED_SPLIT][1]
     ann_path = annotations or (Path(p.data.annotations) if p.data.annotations else None)
     # the boxes are read and checked before the long part
-    boxes = split_boxes(ann_path, slices, SCORED_SPLIT, crop, g.frame, "gradcam.frame")
+    boxes = split_boxes(ann_path, slices, SCORED_SPLIT, crop, p.data.annotation_frame, "data.annotation_frame")
     total = sum(n for n, _ in shapes.values())
 
     with contextlib.ExitStack() as stack:

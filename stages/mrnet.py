@@ -2,36 +2,20 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from pipeline.io.classifier import list_exams
+from pipeline.io.classifier import list_splits
 from pipeline.models.mrnet import save_mrnet
+from pipeline.reports import write_json
 from pipeline.store import atomic_path
 from pipeline.training.logging import live_logger
 from pipeline.training.mrnet import MRNetTrainConfig, progress_units, train_mrnet
 from stages.app import PARAMS_OPTION, app, stage
 from stages.progress import bar
 from stages.settings import load_params
-
-
-def write_json(path: Path, data: dict) -> None:
-    """JSON with NaN written as null (strict JSON, as DVC reads metrics)."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(clean(data), indent=2, allow_nan=False) + "\n")
 
 
 @app.command("train-mrnet")
@@ -51,8 +35,8 @@ def train_mrnet_cmd(
     root = data_dir or Path(m.data_dir)
     kw = dict(plane=m.plane, task=m.task, roi_crop=m.kneemri_roi_crop,
               valid_fraction=m.kneemri_valid_fraction, seed=p.seed)
-    train = list_exams(m.source, root, "train", **kw)
-    test = list_exams(m.source, root, "valid", **kw)
+    splits = list_splits(m.source, root, **kw)
+    train, test = splits["train"], splits["valid"]
     cfg = MRNetTrainConfig(image_size=m.image_size, epochs=m.epochs, lr=m.lr, weight_decay=m.weight_decay,
                            tune_fraction=m.tune_fraction, augment=m.augment, device=m.device, seed=p.seed,
                            pretrained=m.pretrained)

@@ -24,15 +24,17 @@ class DataSettings(Section):
     challenge: Literal["singlecoil", "multicoil"] = "singlecoil"
     crop: int = Field(128, ge=8)
     annotations: Optional[str] = "data/synthetic/annotations.csv"
+    annotation_frame: Optional[int] = Field(None, ge=1, description="recon frame of the boxes; None = target shape")
     workers: int = Field(0, ge=0, description="worker processes; 0 = one per core")
 
 
 class SyntheticSettings(Section):
-    volumes: dict[Literal["train", "val", "test"], int] = {"train": 22, "val": 6, "test": 8}
+    volumes: dict[Literal["train", "val", "test"], int] = {"train": 22, "val": 8, "test": 40}
     slices: int = Field(16, ge=1)
     recon_size: int = Field(128, ge=16)
     coils: int = Field(1, ge=1)
     lesion_rate: float = Field(0.5, ge=0, le=1)
+    eval_lesion_rate: float = Field(0.9, ge=0, le=1)
     noise: float = Field(0.02, ge=0)
     exams: dict[Literal["train", "valid"], int] = {"train": 120, "valid": 40}
     exam_slices: int = Field(8, ge=1)
@@ -73,7 +75,6 @@ class GradCAMSettings(Section):
     layer: str = "features.10"
     smooth_sigma: float = Field(1.0, ge=0)
     n_overlays: int = Field(4, ge=0)
-    frame: Optional[int] = Field(None, ge=1)
 
 
 class UNetSettings(Section):
@@ -82,10 +83,18 @@ class UNetSettings(Section):
     num_pool_layers: int = Field(4, ge=1)
     drop_prob: float = Field(0.0, ge=0, lt=1)
     residual: bool = True
-    epochs: int = Field(6, ge=1)
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    epochs: int = Field(5, ge=1)
     batch_size: int = Field(4, ge=1)
     lr: float = Field(3e-3, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v) or min(v) < 0:
+            raise ValueError(f"seeds must be distinct integers >= 0, got {v}")
+        return v
 
 
 class LossSettings(Section):
@@ -95,8 +104,9 @@ class LossSettings(Section):
 
 
 class EvaluateSettings(Section):
+    split: Literal["val", "test"] = "test"
     n_figures: int = Field(4, ge=0)
-    frame: Optional[int] = Field(None, ge=1, description="recon frame of the annotation boxes; None = target shape")
+    bootstrap_resamples: int = Field(10000, ge=1000)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

@@ -9,7 +9,7 @@ import typer
 from pipeline.errors import InputError
 from stages.app import app, stage
 
-VARIANTS = ("zero_filled", "baseline", "weighted")
+VARIANTS = ("zero_filled", "baseline", "weighted", "oracle")
 
 
 @app.command("summary")
@@ -25,18 +25,20 @@ def summary_cmd(
         m = json.loads(metrics.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{metrics}: not valid JSON ({exc})") from None
-    typer.echo(f"Test split: {m.get('n_volumes')} volumes, {m.get('n_slices')} slices "
-               f"({m.get('n_roi_volumes')} volumes / {m.get('n_roi_slices')} slices with ROI boxes)")
+    detail_path = metrics.with_name("evaluation.json")
+    if detail_path.is_file():
+        d = json.loads(detail_path.read_text())
+        typer.echo(f"{d.get('split')} split: {d.get('n_volumes')} volumes, {d.get('n_slices')} slices "
+                   f"({d.get('n_roi_volumes')} volumes / {d.get('n_roi_slices')} slices with ROI boxes), "
+                   f"seeds {d.get('seeds')}")
     typer.echo(metrics_table(m))
-    gains = [(k, m.get(f"gain_weighted_vs_{ref}_{k}")) for ref in ("baseline",) for k in ("psnr", "ssim", "roi_psnr", "roi_ssim")]
-    typer.echo("weighted - baseline: " + ", ".join(
-        f"{k} {v:+.4g}" for k, v in gains if isinstance(v, (int, float))))
     typer.echo("")
     where = [
-        ("metrics", metrics), ("per-volume metrics", reports / "per_volume.csv"),
+        ("metrics", metrics), ("comparison detail", reports / "evaluation.json"),
+        ("per-volume metrics", reports / "per_volume.csv"), ("figures", reports / "figures"),
         ("error maps", reports / "error_maps"), ("Grad-CAM overlays", reports / "gradcam"),
         ("MRNet metrics", reports / "mrnet.json"), ("Grad-CAM metrics", reports / "gradcam.json"),
-        ("training curves", reports / "live"),
+        ("training curves", reports / "live" / "unet"),
     ]
     for label, path in where:
         if path.is_dir():
@@ -50,15 +52,23 @@ def summary_cmd(
 
 
 def metrics_table(m: dict) -> str:
-    """A short fixed-width table of evaluate's flat metrics dict (also printed by `evaluate`)."""
+    """The tracked metrics as text: each variant's seed-averaged means, then each comparison with the
+    baseline (paired by volume: delta, 95% bootstrap interval, Wilcoxon p). Also printed by `evaluate`."""
     cols = [("NMSE", "nmse", "{:.4f}"), ("PSNR", "psnr", "{:.2f}"), ("SSIM", "ssim", "{:.4f}"),
-            ("ROI NMSE", "roi_nmse", "{:.4f}"), ("ROI PSNR", "roi_psnr", "{:.2f}"), ("ROI SSIM", "roi_ssim", "{:.4f}"),
-            ("heat NMSE", "heatmap_nmse", "{:.4f}"), ("ms/slice", "ms_per_slice", "{:.2f}")]
-    lines = [f"{'':<12}" + "".join(f"{c:>10}" for c, _, _ in cols)]
+            ("ROI PSNR", "roi_psnr", "{:.2f}"), ("ROI SSIM", "roi_ssim", "{:.4f}")]
+    lines = [f"{'':<13}" + "".join(f"{c:>10}" for c, _, _ in cols)]
     for v in VARIANTS:
-        cells = []
-        for _, k, fmt in cols:
-            x = m.get(f"{v}_{k}")
-            cells.append(f"{'-':>10}" if not isinstance(x, (int, float)) or x != x else f"{fmt.format(x):>10}")
-        lines.append(f"{v:<12}" + "".join(cells))
+        if v in m:
+            lines.append(f"{v:<13}" + "".join(f"{_fmt(m[v].get(k), fmt):>10}" for _, k, fmt in cols))
+    for name, by_metric in m.items():
+        if "_vs_" not in name:
+            continue
+        for k, s in by_metric.items():
+            lines.append(f"{name} {k}: delta {_fmt(s.get('delta'), '{:+.3f}')} "
+                         f"[{_fmt(s.get('ci95_low'), '{:+.3f}')}, {_fmt(s.get('ci95_high'), '{:+.3f}')}], "
+                         f"p {_fmt(s.get('p'), '{:.3g}')}")
     return "\n".join(lines)
+
+
+def _fmt(x, fmt: str) -> str:
+    return "-" if not isinstance(x, (int, float)) or x != x else fmt.format(x)

@@ -24,7 +24,8 @@ def synthesize_cmd(
     p = load_params(params)
     s = p.synthetic
     spec = SyntheticSpec(volumes=dict(s.volumes), slices=s.slices, recon_size=s.recon_size, coils=s.coils,
-                         lesion_rate=s.lesion_rate, noise=s.noise, exams=dict(s.exams), exam_slices=s.exam_slices)
+                         lesion_rate=s.lesion_rate, eval_lesion_rate=s.eval_lesion_rate,
+                         noise=s.noise, exams=dict(s.exams), exam_slices=s.exam_slices)
     total = sum(s.volumes.values()) + sum(s.exams.values())
     with atomic_path(out) as tmp, bar(total, "synthesize", unit="volume") as update:
         synthesize(tmp, spec, p.seed, progress=update)

@@ -1,4 +1,5 @@
-"""train-unet: the reconstruction U-Net, baseline (plain loss) or weighted (Grad-CAM ROI-weighted loss)."""
+"""train-unet: the reconstruction U-Net for one variant and seed: baseline (plain loss), weighted (loss
+up-weighted by the Grad-CAM heatmaps) or oracle (up-weighted by the ground-truth box maps)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from pipeline.errors import InputError
 from stages.app import PARAMS_OPTION, app, stage
 from stages.progress import bar
 from stages.settings import load_params
@@ -15,24 +17,28 @@ from stages.settings import load_params
 @app.command("train-unet")
 @stage
 def train_unet_cmd(
-    variant: str = typer.Option(..., help="baseline (plain loss) | weighted (loss up-weighted by the heatmaps)"),
+    variant: str = typer.Option(..., help="baseline (plain loss) | weighted (Grad-CAM maps) | oracle (box maps)"),
+    seed: int = typer.Option(..., help="training seed (one of unet.seeds): model init and shuffling"),
     slices: Path = typer.Option(Path("data/slices.zarr"), help="slices store (targets)"),
     undersampled: Path = typer.Option(Path("data/undersampled.zarr"), help="undersampled store (inputs)"),
-    heatmaps: Path = typer.Option(Path("data/heatmaps.zarr"), help="Grad-CAM heatmaps store"),
-    out: Optional[Path] = typer.Option(None, help="weights to write (default models/unet_<variant>.pt)"),
+    heatmaps: Optional[Path] = typer.Option(
+        None, help="ROI map store that weights the loss: data/heatmaps.zarr (weighted), data/boxmaps.zarr (oracle)"),
+    out: Optional[Path] = typer.Option(None, help="weights to write (default models/unet/<variant>_s<seed>.pt)"),
     live: Optional[Path] = typer.Option(None, help="dvclive directory for the per-epoch curves"),
     checkpoint_dir: Optional[Path] = typer.Option(
-        None, help="resume checkpoints, kept outside DVC outs (default .roirecon/checkpoints/<variant>)"),
+        None, help="resume checkpoints, kept outside DVC outs (default .roirecon/checkpoints/<variant>_s<seed>)"),
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Train a U-Net on the train split, validate on val each epoch, keep the best weights.
-    Reads: the slices, undersampled and heatmaps stores. Writes: models/unet_<variant>.pt
-    (state dict + config) and per-epoch curves under --live. Params: seed, unet.*, loss.*.
-    Resumes an interrupted run with the same config from --checkpoint-dir. Runs under torchrun (DDP)."""
+    Reads: the slices and undersampled stores, and for weighted/oracle the ROI map store.
+    Writes: models/unet/<variant>_s<seed>.pt (state dict + config with the per-epoch history) and
+    per-epoch curves under --live. Params: unet.* (not unet.seeds), loss.kind, loss.ssim_weight,
+    and loss.roi_weight for weighted/oracle. Resumes an interrupted run with the same config from
+    --checkpoint-dir. Runs under torchrun (DDP)."""
     # heavy imports here, not at module level: `roirecon <other stage>` should not pay for them
     from pipeline.models.registry import model_config
     from pipeline.training.logging import live_logger
-    from pipeline.training.unet import TrainConfig, is_main_process, train_unet
+    from pipeline.training.unet import CURVE_KEYS, ROI_VARIANTS, TrainConfig, is_main_process, train_unet
     from pipeline.unet_data import load_split
 
     p = load_params(params)
@@ -41,12 +47,17 @@ def train_unet_cmd(
         variant=variant,
         model=model_config(u.arch, u.chans, u.num_pool_layers, u.drop_prob, u.residual),
         epochs=u.epochs, batch_size=u.batch_size, lr=u.lr, loss_kind=lo.kind,
-        roi_weight=lo.roi_weight if variant == "weighted" else 0.0, ssim_weight=lo.ssim_weight,
-        seed=p.seed, device=u.device)
-    out = out or Path(f"models/unet_{variant}.pt")
-    ckpt = checkpoint_dir or Path(".roirecon/checkpoints") / variant
+        roi_weight=lo.roi_weight if variant in ROI_VARIANTS else 0.0, ssim_weight=lo.ssim_weight,
+        seed=seed, device=u.device)
+    if variant in ROI_VARIANTS and heatmaps is None:
+        raise InputError(f"train-unet {variant}: --heatmaps is required (the ROI maps that weight the loss)")
+    if variant not in ROI_VARIANTS:
+        heatmaps = None
+    run = f"{variant}_s{seed}"
+    out = out or Path(f"models/unet/{run}.pt")
+    ckpt = checkpoint_dir or Path(".roirecon/checkpoints") / run
     main = is_main_process()
-    with bar(2, f"train-unet {variant}: load", unit="split") if main else contextlib.nullcontext(lambda n: None) as up:
+    with bar(2, f"train-unet {run}: load", unit="split") if main else contextlib.nullcontext(lambda n: None) as up:
         train = load_split(slices, undersampled, heatmaps, "train")
         up(1)
         val = load_split(slices, undersampled, heatmaps, "val", keep_raw=True)
@@ -54,7 +65,7 @@ def train_unet_cmd(
 
     with live_logger(live if main else None) as log:
         def on_epoch(epoch: int, m: dict[str, float]) -> None:
-            log(m)
+            log({k: v for k, v in m.items() if k in CURVE_KEYS})
             if main:
                 typer.echo(f"  epoch {epoch + 1}/{cfg.epochs}: train loss {m['train/loss']:.4g}, "
                            f"val loss {m['val/loss']:.4g}, PSNR {m['val/psnr']:.2f} dB, SSIM {m['val/ssim']:.4f}, "
@@ -63,10 +74,10 @@ def train_unet_cmd(
         result = train_unet(train, val, cfg, out, checkpoint_dir=ckpt, on_epoch=on_epoch,
                             bar=bar if main else None,
                             extra_config={"stores": {"slices": str(slices), "undersampled": str(undersampled),
-                                                     "heatmaps": str(heatmaps)}})
+                                                     "heatmaps": str(heatmaps) if heatmaps else None}})
     if main:
         b = result.best
         resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
-        typer.echo(f"train-unet {variant}: {out} (best epoch {result.best_epoch + 1}/{cfg.epochs}{resumed}): "
+        typer.echo(f"train-unet {run}: {out} (best epoch {result.best_epoch + 1}/{cfg.epochs}{resumed}): "
                    f"val PSNR {b['val/psnr']:.2f} dB, SSIM {b['val/ssim']:.4f}, NMSE {b['val/nmse']:.4g}; "
                    f"data wait {100 * max(h['data_wait_share'] for h in result.history):.1f}% of step time at most")

@@ -1,4 +1,5 @@
-"""End to end: `dvc repro` on a tiny configuration in a temporary git repo, then the experiment workflow."""
+"""End to end: `dvc repro` on a tiny configuration in a temporary git repo; each stage depends on exactly the
+params it reads (checked with `dvc status` and the stage graph); the experiment workflow and the metrics diff."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,8 @@ import yaml
 
 from tests.helpers import REPO
 
+SEEDS = (0, 1)
+TRAININGS = {f"train-{v}@{s}" for v in ("baseline", "weighted", "oracle") for s in SEEDS}
 TINY = {
     "data": {"crop": 64},
     "synthetic": {"volumes": {"train": 3, "val": 1, "test": 1}, "slices": 4, "recon_size": 64,
@@ -39,8 +42,9 @@ def _tiny_params() -> dict:
     for section, values in TINY.items():
         params[section].update(values)
     # every stage gets its smallest sensible size (keys only set where the section has them)
-    small = {"mrnet": {"epochs": 2, "image_size": 64}, "unet": {"epochs": 1, "chans": 4, "num_pool_layers": 2},
-             "gradcam": {"n_overlays": 1}, "evaluate": {"n_figures": 1}}
+    small = {"mrnet": {"epochs": 2, "image_size": 64},
+             "unet": {"epochs": 1, "chans": 4, "num_pool_layers": 2, "seeds": list(SEEDS)},
+             "gradcam": {"n_overlays": 1}, "evaluate": {"n_figures": 1, "bootstrap_resamples": 1000}}
     for section, values in small.items():
         params[section].update({k: v for k, v in values.items() if k in params[section]})
     return params
@@ -66,13 +70,28 @@ def _ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
+def _would_run(repo: Path) -> tuple[set[str], set[str]]:
+    """(stages `dvc status` lists as changed, those plus everything downstream of them)."""
+    from dvc.repo import Repo
+    import networkx as nx
+
+    status = json.loads(_sh(repo, "dvc", "status", "--json"))
+    changed = set(status)
+    with Repo(str(repo)) as r:
+        g = r.index.graph          # edges point from a stage to the stages it depends on
+        by_name = {s.name: s for s in g.nodes}
+        downstream = {a.name for name in changed for a in nx.ancestors(g, by_name[name])}
+    return changed, changed | downstream
+
+
 def test_repro_builds_everything_then_is_up_to_date(repo):
     out = _sh(repo, "dvc", "repro")
-    assert {"synthesize", "prepare", "undersample", "train-mrnet", "gradcam", "train-unet@baseline",
-            "train-unet@weighted", "evaluate"} == _ran(out)
+    assert {"synthesize", "prepare", "undersample", "train-mrnet", "gradcam", "boxmaps", "evaluate"} | TRAININGS \
+        == _ran(out)
     for path in ("data/synthetic/fastmri/train", "data/synthetic/annotations.csv", "data/slices.zarr/zarr.json",
-                 "data/undersampled.zarr/zarr.json", "data/heatmaps.zarr/zarr.json", "models/mrnet.pt",
-                 "models/unet_weighted.pt", "reports/metrics.json", "data/reconstructions.zarr/zarr.json"):
+                 "data/undersampled.zarr/zarr.json", "data/heatmaps.zarr/zarr.json", "data/boxmaps.zarr/zarr.json",
+                 "models/mrnet.pt", "models/unet/oracle_s1.pt", "reports/metrics.json", "reports/evaluation.json",
+                 "reports/per_volume.csv", "reports/figures/compare.png", "data/reconstructions.zarr/zarr.json"):
         assert (repo / path).exists(), path
     status = _sh(repo, "dvc", "status")
     assert "up to date" in status
@@ -82,17 +101,46 @@ def test_repro_builds_everything_then_is_up_to_date(repo):
     _sh(repo, "git", "commit", "-qm", "repro")
 
 
+@pytest.mark.parametrize("key,value,changed,downstream", [
+    # the ROI weight retrains the two weighted variants, never the baseline
+    ("loss.roi_weight", 2.5, {f"train-{v}@{s}" for v in ("weighted", "oracle") for s in SEEDS}, {"evaluate"}),
+    # Grad-CAM settings: gradcam, the Grad-CAM-weighted trainings, evaluate; not the oracle nor the baseline
+    ("gradcam.smooth_sigma", 2.0, {"gradcam"}, {f"train-weighted@{s}" for s in SEEDS} | {"evaluate"}),
+    # U-Net settings: every training and evaluate, never MRNet or Grad-CAM
+    ("unet.lr", 1e-3, TRAININGS, {"evaluate"}),
+    # a mask: undersample and what reads it, never MRNet, Grad-CAM or the box maps
+    ("mask.acceleration", 8, {"undersample"}, TRAININGS | {"evaluate"}),
+    # evaluation settings: evaluate alone
+    ("evaluate.split", "val", {"evaluate"}, set()),
+])
+def test_each_stage_depends_on_exactly_the_params_it_reads(repo, key, value, changed, downstream):
+    assert (repo / "dvc.lock").exists(), "needs the repro test first"
+    path = repo / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    section, name = key.split(".")
+    params[section][name] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status, would_run = _would_run(repo)
+    finally:
+        path.write_text(original)
+    assert status == changed
+    assert would_run == changed | downstream
+
+
 def test_mask_experiment_skips_mrnet_and_gradcam(repo):
     assert (repo / "dvc.lock").exists(), "needs the repro test first"
     out = _sh(repo, "dvc", "exp", "run", "-S", "mask.acceleration=8")
     ran = _ran(out)
-    assert "undersample" in ran
-    assert not ran & {"synthesize", "prepare", "train-mrnet", "gradcam"}
-    assert {"train-unet@baseline", "train-unet@weighted", "evaluate"} <= ran
-    # metrics diff against the committed run shows every reconstruction metric, with real numbers
+    assert ran == {"undersample", "evaluate"} | TRAININGS
+    # metrics diff against the committed run: quality numbers only, at most 40 of them from evaluate
     diff = json.loads(_sh(repo, "dvc", "metrics", "diff", "--all", "--json"))
     metrics = diff["reports/metrics.json"]
-    assert any(k.startswith("weighted") for k in metrics) and any(k.startswith("zero_filled") for k in metrics)
-    assert all(isinstance(v["old"], (int, float)) for v in metrics.values())
+    assert 20 <= len(metrics) <= 40
+    assert {"oracle_vs_baseline.roi_psnr.delta", "weighted_vs_baseline.psnr.p", "zero_filled.psnr"} <= set(metrics)
+    rows = [k for f in diff.values() for k in f]
+    assert not [k for k in rows if any(t in k for t in ("time", "seconds", "per_s", "threads", "version"))]
+    assert metrics["baseline.psnr"]["old"] != metrics["baseline.psnr"]["new"]
     show = json.loads(_sh(repo, "dvc", "exp", "show", "--json"))
     assert show

@@ -1,5 +1,5 @@
-"""evaluate and summary: reconstructions store, metrics equal to fastMRI's, ROI metrics from the boxes,
-per-volume CSV, error-map PNGs, and bad input."""
+"""evaluate and summary: reconstructions store, per-volume metrics equal to fastMRI's, ROI metrics from the
+boxes, seed-averaged means and paired comparisons, the tracked-metrics schema, figures, and bad input."""
 from __future__ import annotations
 
 import csv
@@ -8,37 +8,52 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from fastmri import evaluate as fm_eval
 
+from pipeline.box_maps import write_box_maps
 from pipeline.io.annotations import to_fastmri_plus, write_annotations
 from pipeline.metrics import ALL, volume_slices
 from pipeline.models.registry import model_config
 from pipeline.models.unet_seed import SeedUnet
-from pipeline.store import open_store
+from pipeline.stats import compare
+from pipeline.store import as_str, open_store
 from pipeline.training.unet import train_unet
-from pipeline.store import as_str
-from tests.helpers import run_cli
-from tests.test_unet import CROP, _cfg, _splits, build_stores, fake_heatmaps, one_thread  # noqa: F401
+from pipeline.unet_data import load_split
+from tests.helpers import run_cli, write_params
+from tests.test_unet import CROP, TINY_UNET, _cfg, build_stores, fake_heatmaps, one_thread  # noqa: F401
 
 BOX = (8, 10, 6, 8)  # native (row0, col0, height, width) in the 32x32 recon frame = the crop
+SEEDS = (0, 1)
+RUNS = [("zero_filled", None)] + [(v, s) for v in ("baseline", "weighted", "oracle") for s in SEEDS]
+TIMING = ("time", "seconds", "elapsed", "per_s", "ms_per", "threads", "version")
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_fastmri, tmp_path_factory):
     torch.set_num_threads(1)
     d = build_stores(tiny_fastmri, tmp_path_factory.mktemp("eval"))
-    train, val = _splits(d)
-    for variant in ("baseline", "weighted"):
-        train_unet(train, val, _cfg(variant=variant, epochs=2, lr=3e-3), d / "models" / f"unet_{variant}.pt")
+    write_params(d / "params.yaml", data={"crop": CROP, "workers": 1, "annotations": None},
+                 unet={**TINY_UNET, "seeds": list(SEEDS)},
+                 evaluate={"n_figures": 2, "device": "cpu", "bootstrap_resamples": 1000})
     test_vol = as_str(open_store(d / "slices.zarr", kind="slices")["test"]["volume"][:])[0]
+    train_vol = as_str(open_store(d / "slices.zarr", kind="slices")["train"]["volume"][:])[0]
     x, y, w, h = to_fastmri_plus(*BOX, frame_height=CROP)
-    rows = [{"file": test_vol, "slice": k, "study_level": "No", "x": x, "y": y, "width": w, "height": h,
-             "label": "Meniscus Tear"} for k in (0, 1)]
+    rows = [{"file": f, "slice": k, "study_level": "No", "x": x, "y": y, "width": w, "height": h,
+             "label": "Meniscus Tear"} for f in (test_vol, train_vol) for k in (0, 1)]
     rows.append({"file": "file9999999", "slice": 0, "study_level": "No", "x": 1, "y": 1, "width": 2, "height": 2,
                  "label": "other volume"})
     write_annotations(d / "annotations.csv", rows)
+    write_box_maps(d / "boxmaps.zarr", d / "slices.zarr", d / "annotations.csv")
+    args = (d / "slices.zarr", d / "undersampled.zarr")
+    for variant, maps in (("baseline", None), ("weighted", d / "heatmaps.zarr"), ("oracle", d / "boxmaps.zarr")):
+        train, val = load_split(*args, maps, "train"), load_split(*args, maps, "val", keep_raw=True)
+        for s in SEEDS:
+            train_unet(train, val, _cfg(variant=variant, epochs=2, lr=3e-3, seed=s,
+                                        roi_weight=0.0 if variant == "baseline" else 4.0),
+                       d / "models" / f"{variant}_s{s}.pt")
     return d
 
 
@@ -47,8 +62,9 @@ def _evaluate(d: Path, out: Path, models: Path | None = None, heatmaps: Path | N
     return run_cli("evaluate", "--slices", d / "slices.zarr", "--undersampled", d / "undersampled.zarr",
                    "--heatmaps", heatmaps or d / "heatmaps.zarr", "--annotations", annotations or d / "annotations.csv",
                    "--models", models or d / "models", "--out", out / "reconstructions.zarr",
-                   "--metrics", out / "metrics.json", "--per-volume", out / "per_volume.csv",
-                   "--figures", out / "error_maps", "--params", d / "params.yaml")
+                   "--metrics", out / "metrics.json", "--detail", out / "evaluation.json",
+                   "--per-volume", out / "per_volume.csv", "--figures", out / "figures",
+                   "--error-maps", out / "error_maps", "--params", d / "params.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +75,22 @@ def evaluated(setup, tmp_path_factory):
     return out, r.output
 
 
-def test_reconstructions_store(setup, evaluated):
+def _recon(group, variant, seed):
+    return group[variant][:] if seed is None else group[variant][f"seed{seed}"][:]
+
+
+def test_box_maps_mark_exactly_the_boxes(setup):
+    maps = open_store(setup / "boxmaps.zarr", kind="heatmaps")
+    s = open_store(setup / "slices.zarr", kind="slices")
+    for split, n_marked in (("train", 2), ("val", 0), ("test", 2)):
+        m = maps[split]["heatmap"][:]
+        np.testing.assert_array_equal(as_str(maps[split]["volume"][:]), as_str(s[split]["volume"][:]))
+        assert set(np.unique(m)) <= {0.0, 1.0} and int((m.reshape(len(m), -1).max(1) > 0).sum()) == n_marked
+    first = maps["test"]["heatmap"][0]
+    assert first.sum() == BOX[2] * BOX[3] and first[BOX[0], BOX[1]] == 1 and first[BOX[0] - 1, BOX[1]] == 0
+
+
+def test_reconstructions_store_holds_every_run(setup, evaluated):
     out, _ = evaluated
     rec = open_store(out / "reconstructions.zarr", kind="reconstructions")
     assert list(rec.group_keys()) == ["test"]
@@ -67,62 +98,123 @@ def test_reconstructions_store(setup, evaluated):
     s = open_store(setup / "slices.zarr", kind="slices")["test"]
     u = open_store(setup / "undersampled.zarr", kind="undersampled")["test"]
     n = s["target"].shape[0]
-    for v in ("zero_filled", "baseline", "weighted"):
-        assert g[v].shape == (n, CROP, CROP) and g[v].dtype == np.float32
+    for v, seed in RUNS:
+        r = _recon(g, v, seed)
+        assert r.shape == (n, CROP, CROP) and r.dtype == np.float32
     np.testing.assert_array_equal(g["zero_filled"][:], u["image"][:])
     np.testing.assert_array_equal(as_str(g["volume"][:]), as_str(s["volume"][:]))
-    # model outputs are in target units: close to the target's scale, and not the zero-filled image
-    assert not np.array_equal(g["baseline"][:], g["zero_filled"][:])
-    assert 0.5 < g["weighted"][:].mean() / s["target"][:].mean() < 2
-    assert rec.attrs["models"]["weighted"] == model_config("fastmri", 4, 2, 0.0, True)
+    assert not np.array_equal(_recon(g, "baseline", 0), g["zero_filled"][:])
+    assert not np.array_equal(_recon(g, "baseline", 0), _recon(g, "baseline", 1))   # seeds differ
+    assert 0.5 < _recon(g, "oracle", 1).mean() / s["target"][:].mean() < 2           # target units
+    assert rec.attrs["runs"] == ["zero_filled"] + [f"{v} s{s}" for v, s in RUNS[1:]]
 
 
-def test_metrics_equal_fastmri_evaluate_on_the_stored_reconstructions(setup, evaluated):
+def test_per_volume_rows_equal_fastmri_evaluate_on_the_stored_reconstructions(setup, evaluated):
     out, output = evaluated
-    m = json.loads((out / "metrics.json").read_text())
-    assert all(not isinstance(v, (dict, list)) for v in m.values())  # flat
-    for v in ("zero_filled", "baseline", "weighted"):
-        assert {f"{v}_{k}" for k in ALL} <= set(m)
-    assert m["baseline_ms_per_slice"] > 0 and m["weighted_ms_per_slice"] > 0
+    table = pd.read_csv(out / "per_volume.csv")
+    assert list(table.columns) == ["variant", "seed", "volume", "split", "n_slices", "n_roi_slices", *ALL]
     rec = open_store(out / "reconstructions.zarr", kind="reconstructions")["test"]
     target = open_store(setup / "slices.zarr", kind="slices")["test"]["target"][:]
     vols = volume_slices(as_str(rec["volume"][:]))
-    assert m["n_volumes"] == len(vols) and m["n_roi_volumes"] == 1 and m["n_roi_slices"] == 2
-    for v in ("zero_filled", "baseline", "weighted"):
-        pred = rec[v][:]
-        for key, fn in (("nmse", fm_eval.nmse), ("psnr", fm_eval.psnr), ("ssim", fm_eval.ssim)):
-            ref = np.mean([float(np.squeeze(fn(target[sl], pred[sl]))) for _, sl in vols])
-            assert m[f"{v}_{key}"] == pytest.approx(ref, rel=1e-5, abs=1e-6)
-        # ROI: the box on slices 0 and 1 of the (only) test volume
-        (_, sl), = vols
-        roi = np.zeros(target.shape, bool)
+    assert len(table) == len(RUNS) * len(vols)
+    assert table["seed"].isna().sum() == len(vols)                       # zero-filled has no seed
+    for v, seed in RUNS:
+        pred = _recon(rec, v, seed)
+        rows = table[(table["variant"] == v) & (table["seed"].isna() if seed is None else table["seed"] == seed)]
+        for name, sl in vols:
+            row = rows[rows["volume"] == name].iloc[0]
+            assert row["split"] == "test" and row["n_slices"] == sl.stop - sl.start
+            for key, fn in (("nmse", fm_eval.nmse), ("psnr", fm_eval.psnr), ("ssim", fm_eval.ssim)):
+                assert row[key] == pytest.approx(float(np.squeeze(fn(target[sl], pred[sl]))), rel=1e-5, abs=1e-6)
+        # ROI: the box on slices 0 and 1 of the first test volume; the other volume has none
+        (name, sl) = vols[0]
+        roi = np.zeros(target[sl].shape, bool)
         roi[0:2, BOX[0]:BOX[0] + BOX[2], BOX[1]:BOX[1] + BOX[3]] = True
-        mse = np.mean((target[roi].astype(np.float64) - pred[roi]) ** 2)
-        assert m[f"{v}_roi_psnr"] == pytest.approx(10 * np.log10(target[sl].max() ** 2 / mse), rel=1e-5)
-    assert m["gain_weighted_vs_baseline_roi_psnr"] == pytest.approx(m["weighted_roi_psnr"] - m["baseline_roi_psnr"],
-                                                                    abs=2e-6)
-    assert "zero_filled" in output and "ROI PSNR" in output
+        mse = np.mean((target[sl][roi].astype(np.float64) - pred[sl][roi]) ** 2)
+        row = rows[rows["volume"] == name].iloc[0]
+        assert row["n_roi_slices"] == 2
+        assert row["roi_psnr"] == pytest.approx(10 * np.log10(target[sl].max() ** 2 / mse), rel=1e-5)
+        assert rows[rows["volume"] != name]["roi_psnr"].isna().all()
+    assert "oracle" in output and "ROI PSNR" in output
 
 
-def test_per_volume_csv_and_error_maps(setup, evaluated):
+def test_tracked_metrics_are_seed_averaged_means_and_paired_comparisons(setup, evaluated):
     out, _ = evaluated
-    rows = list(csv.DictReader((out / "per_volume.csv").open()))
     m = json.loads((out / "metrics.json").read_text())
-    assert len(rows) == 3 * m["n_volumes"]
-    assert [r["variant"] for r in rows] == ["zero_filled", "baseline", "weighted"] * m["n_volumes"]
-    assert set(rows[0]) == {"volume", "variant", *ALL, "case"}
-    assert float(rows[2]["psnr"]) == pytest.approx(m["weighted_psnr"], rel=1e-4)
+    numbers = [x for v in m.values() for x in (v.values() if not isinstance(next(iter(v.values())), dict)
+                                              else [y for s in v.values() for y in s.values()])]
+    assert len(numbers) <= 40
+    assert set(m) == {"zero_filled", "baseline", "weighted", "oracle", "weighted_vs_baseline", "oracle_vs_baseline"}
+    assert set(m["oracle_vs_baseline"]) == {"roi_psnr", "psnr"}
+    assert set(m["oracle_vs_baseline"]["psnr"]) == {"delta", "ci95_low", "ci95_high", "p"}
+    table = pd.read_csv(out / "per_volume.csv")
+    # seed averaging per volume, then the mean over volumes
+    w = table[table["variant"] == "weighted"].groupby("volume")["psnr"].mean()
+    assert m["weighted"]["psnr"] == pytest.approx(w.mean(), abs=2e-6)
+    table["seed"] = table["seed"].astype("Int64")
+    ref = compare(table, "oracle", "baseline", "psnr", n_resamples=1000)
+    assert m["oracle_vs_baseline"]["psnr"]["delta"] == pytest.approx(ref["delta"], abs=2e-6)
+    assert m["oracle_vs_baseline"]["psnr"]["p"] == pytest.approx(ref["p"], abs=2e-6)
+    detail = json.loads((out / "evaluation.json").read_text())
+    assert detail["seeds"] == list(SEEDS) and detail["n_roi_volumes"] == 1 and detail["n_roi_slices"] == 2
+    c = detail["comparisons"]["weighted_vs_baseline"]["roi_psnr"]
+    assert c["n_volumes"] == 1 and set(c["per_seed"]) == {"0", "1"}
+    assert set(detail["comparisons"]["oracle_vs_baseline"]) >= {"roi_ssim", "ssim", "nmse"}
+
+
+def _keys(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _keys(v)
+
+
+def test_no_timing_or_version_in_any_tracked_metric(evaluated):
+    from tests.helpers import REPO
+    import yaml
+    out, _ = evaluated
+    tracked = [out / "metrics.json"]
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    declared = [next(iter(m)) if isinstance(m, dict) else m
+                for st in dvc["stages"].values() for m in (st.get("do", st).get("metrics") or [])]
+    tracked += [REPO / p for p in declared if (REPO / p).is_file() and p != "reports/metrics.json"]
+    assert declared and all(p.endswith(".json") for p in declared)
+    for path in tracked:
+        keys = list(_keys(json.loads(path.read_text())))
+        assert not [k for k in keys if any(t in k for t in TIMING)], path
+    assert "ms_per_slice" in json.loads((out / "evaluation.json").read_text())   # timings go to the detail
+
+
+def test_figures_and_error_maps(setup, evaluated):
+    out, _ = evaluated
+    figs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figs == ["compare.png", "paired_roi_psnr.png", "training_curves.png"]
     pngs = sorted((out / "error_maps").glob("*.png"))
     assert len(pngs) == 2  # evaluate.n_figures
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in pngs)
-    assert any(p.name.endswith("_slice000.png") or p.name.endswith("_slice001.png") for p in pngs)  # an ROI slice
+    assert pngs[0].name.endswith("_slice000.png") or pngs[0].name.endswith("_slice001.png")  # an ROI slice
+
+
+def test_val_split_for_tuning(setup, tmp_path):
+    params = write_params(tmp_path / "params.yaml", data={"crop": CROP, "workers": 1, "annotations": None},
+                          unet={**TINY_UNET, "seeds": list(SEEDS)},
+                          evaluate={"split": "val", "n_figures": 1, "device": "cpu", "bootstrap_resamples": 1000})
+    d = setup
+    r = run_cli("evaluate", "--slices", d / "slices.zarr", "--undersampled", d / "undersampled.zarr",
+                "--heatmaps", d / "heatmaps.zarr", "--annotations", d / "annotations.csv", "--models", d / "models",
+                "--out", tmp_path / "rec.zarr", "--metrics", tmp_path / "m.json", "--detail", tmp_path / "e.json",
+                "--per-volume", tmp_path / "pv.csv", "--figures", tmp_path / "f", "--error-maps", tmp_path / "em",
+                "--params", params)
+    assert r.exit_code == 0, r.output
+    assert list(open_store(tmp_path / "rec.zarr", kind="reconstructions").group_keys()) == ["val"]
+    assert set(pd.read_csv(tmp_path / "pv.csv")["split"]) == {"val"}
 
 
 def test_summary(evaluated, tmp_path):
     out, _ = evaluated
     r = run_cli("summary", "--metrics", out / "metrics.json", "--reports", out)
     assert r.exit_code == 0, r.output
-    assert "weighted" in r.output and "ROI SSIM" in r.output and "error maps" in r.output
+    assert "oracle_vs_baseline roi_psnr: delta" in r.output and "ROI SSIM" in r.output and "error maps" in r.output
     r = run_cli("summary", "--metrics", tmp_path / "none.json")
     assert r.exit_code == 1 and "no metrics yet" in r.output
 
@@ -132,17 +224,20 @@ def test_bad_inputs(setup, tmp_path):
     models = shutil.copytree(setup / "models", tmp_path / "models")
     torch.save({"state_dict": SeedUnet().state_dict(),
                 "config": {"kind": "unet", "model": model_config("fastmri", 4, 2, 0.0, True), "variant": "weighted"}},
-               models / "unet_weighted.pt")
+               models / "weighted_s1.pt")
     r = _evaluate(setup, tmp_path / "o1", models=models)
-    assert r.exit_code == 1 and "unet_weighted.pt" in r.output and "do not fit the architecture" in r.output
-    (models / "unet_weighted.pt").unlink()
+    assert r.exit_code == 1 and "weighted_s1.pt" in r.output and "do not fit the architecture" in r.output
+    (models / "weighted_s1.pt").unlink()
     r = _evaluate(setup, tmp_path / "o2", models=models)
-    assert r.exit_code == 1 and "missing U-Net checkpoint" in r.output
+    assert r.exit_code == 1 and "weighted_s1.pt: checkpoint not found" in r.output
+    shutil.copy(setup / "models" / "oracle_s0.pt", models / "weighted_s1.pt")   # the wrong variant
+    r = _evaluate(setup, tmp_path / "o5", models=models)
+    assert r.exit_code == 1 and "holds the 'oracle' variant" in r.output
     # heatmaps out of order on the test split
     bad = fake_heatmaps(setup / "slices.zarr", tmp_path / "bad.zarr", order=lambda i: i[::-1], alter="test")
     r = _evaluate(setup, tmp_path / "o3", heatmaps=bad)
     assert r.exit_code == 1 and "order differs from the slices store" in r.output
     r = _evaluate(setup, tmp_path / "o4", annotations=tmp_path / "none.csv")
     assert r.exit_code == 1 and "annotations file not found" in r.output
-    for o in ("o1", "o2", "o3", "o4"):
+    for o in ("o1", "o2", "o3", "o4", "o5"):
         assert not (tmp_path / o / "metrics.json").exists() and not (tmp_path / o / "reconstructions.zarr").exists()

@@ -479,3 +479,14 @@ def test_default_spec():
     assert s.volumes == {"train": 22, "val": 6, "test": 8} and s.recon_size == 128
     assert s.exams == {"train": 120, "valid": 40} and s.slices == 16 and s.exam_slices == 8
     assert total_units(s) == 196
+
+
+def test_evaluation_splits_can_be_lesion_rich():
+    from pipeline.synthetic import _fastmri_jobs
+    spec = SyntheticSpec(volumes={"train": 10, "val": 8, "test": 40}, lesion_rate=0.5, eval_lesion_rate=0.9)
+    lesions = {s: sum(j[4] for j in _fastmri_jobs(spec, 0) if j[2] == s) for s in ("train", "val", "test")}
+    assert lesions == {"train": 5, "val": 7, "test": 36}
+    plain = SyntheticSpec(volumes={"train": 10, "val": 8, "test": 40}, lesion_rate=0.5)
+    assert sum(j[4] for j in _fastmri_jobs(plain, 0) if j[2] == "test") == 20
+    with pytest.raises(InputError, match="synthetic.eval_lesion_rate"):
+        SyntheticSpec(eval_lesion_rate=1.5)

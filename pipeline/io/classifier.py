@@ -8,8 +8,8 @@
   through `load_pickled_array`, which admits numpy arrays and nothing else. KneeMRI has no official
   split: patients are assigned to train/valid by a seeded draw.
 
-Every listing is validated up front (labels vs. volumes, ranks, empty splits) and raises
-`InputError` naming the file at fault; volumes are loaded one exam at a time.
+Every listing is validated up front (labels vs. volumes, ranks, empty splits, an exam in both
+splits) and raises `InputError` naming the file at fault; volumes are loaded one exam at a time.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.errors import InputError, first_line
+from pipeline.errors import InputError, check_disjoint, first_line
 
 SPLITS = ("train", "valid")
 SOURCES = ("synthetic", "mrnet", "kneemri")
@@ -88,6 +88,13 @@ def list_exams(source: str, data_dir: Path | str, split: str, *, plane: str = "c
         exams = _mrnet_layout(data_dir, split, plane, task)
     if not exams:
         raise InputError(f"{data_dir}: split '{split}' has no exams")
+    return exams
+
+
+def list_splits(source: str, data_dir: Path | str, **kw) -> dict[str, list[Exam]]:
+    """`list_exams` of both splits; an exam id in both (an exam copied across) is an InputError."""
+    exams = {split: list_exams(source, data_dir, split, **kw) for split in SPLITS}
+    check_disjoint({split: {e.id: e.path for e in ex} for split, ex in exams.items()}, "exam")
     return exams
 
 
@@ -161,8 +168,12 @@ def _kneemri(root: Path, split: str, task: str, roi_crop: bool, valid_fraction: 
         raise InputError(f"{meta}: no exams listed")
     files = {p.name: p for p in root.rglob("*.pck")}
     exams_by_patient: dict[str, list[Exam]] = {}
+    seen: dict[str, int] = {}
     for lineno, r in enumerate(rows, 2):
         name = r["volumeFilename"]
+        if name in seen:  # one volume under two rows could land in both splits
+            raise InputError(f"{meta}:{lineno}: {name} listed twice (also on line {seen[name]})")
+        seen[name] = lineno
         if name not in files:
             raise InputError(f"{meta}:{lineno}: labels do not match the volumes: {name} not found under {root}")
         try:

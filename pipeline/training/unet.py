@@ -1,4 +1,5 @@
-"""U-Net training: baseline (plain loss) or weighted (loss up-weighted by the Grad-CAM heatmaps).
+"""U-Net training: baseline (plain loss), or a loss up-weighted by an ROI map: `weighted` (Grad-CAM
+heatmaps) or `oracle` (the ground-truth boxes drawn as a map; the same weighting code).
 
 - Device `auto`: CUDA (bf16 autocast, channels_last, data kept on the GPU) when present, else CPU (fp32).
 - Under torchrun (WORLD_SIZE > 1): a process group (nccl on CUDA, gloo on CPU), DDP, a
@@ -39,11 +40,14 @@ from pipeline.store import atomic_path
 from pipeline.training.device import autocast, seed_everything, select_device
 from pipeline.unet_data import SplitData, denormalize
 
-VARIANTS = ("baseline", "weighted")
+VARIANTS = ("baseline", "weighted", "oracle")
+ROI_VARIANTS = ("weighted", "oracle")
 Bar = Callable[[int, str, str], ContextManager[Callable[[int], None]]]
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 VAL_KEYS = ("nmse", "psnr", "ssim", "heatmap_nmse")
+# per-epoch quality numbers kept in the checkpoint config and logged to dvclive (timings only printed)
+CURVE_KEYS = ("train/loss", "lr") + tuple(f"val/{k}" for k in ("loss",) + VAL_KEYS)
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ class _Stepper:
 
 
 def _weights_for(data: SplitData, idx: torch.Tensor, cfg: TrainConfig) -> Optional[torch.Tensor]:
-    if cfg.variant != "weighted":
+    if cfg.variant not in ROI_VARIANTS:
         return None
     return roi_weights(data.heatmap.index_select(0, idx), cfg.roi_weight)
 
@@ -268,8 +272,8 @@ def train_unet(train: SplitData, val: SplitData, cfg: TrainConfig, out: Path | s
     `on_epoch(epoch, metrics)` is called on rank 0 after each epoch, and first for every epoch a
     resumed run already has (so a fresh logger gets the whole history).
     """
-    if cfg.variant == "weighted" and train.heatmap is None:
-        raise InputError("train-unet weighted: needs the heatmaps store")
+    if cfg.variant in ROI_VARIANTS and train.heatmap is None:
+        raise InputError(f"train-unet {cfg.variant}: needs an ROI map store (--heatmaps)")
     if val.target_raw is None:
         raise ValueError("val split must be loaded with keep_raw=True")
     device = select_device(cfg.device)
@@ -324,7 +328,7 @@ def _train(train: SplitData, val: SplitData, cfg: TrainConfig, out: Path, checkp
         t_epoch = time.perf_counter()
         wait = 0.0
         loss_sum, n_seen = 0.0, 0
-        desc = f"train-unet {cfg.variant} {epoch + 1}/{cfg.epochs}"
+        desc = f"train-unet {cfg.variant} seed {cfg.seed} {epoch + 1}/{cfg.epochs}"
         with (bar(len(batches), desc, "step") if main else _null_bar(0, "")) as update:
             for step, idx in enumerate(batches):
                 t0 = time.perf_counter()
@@ -369,6 +373,7 @@ def _train(train: SplitData, val: SplitData, cfg: TrainConfig, out: Path, checkp
                   "normalization": "fastmri_instance", "best_epoch": best_epoch,
                   "val": {k.removeprefix("val/"): history[best_epoch][k] for k in history[best_epoch]
                           if k.startswith("val/")},
+                  "history": [{k: v for k, v in h.items() if k in CURVE_KEYS} for h in history],
                   **extra_config}
         save_unet(out, best_state, config)
         if ckpt_path is not None:

@@ -1,0 +1,47 @@
+"""ROI maps drawn from the ground-truth boxes: the `oracle` variant's loss weights.
+
+The store has the heatmaps store's layout (per split `volume`, `slice`, and `heatmap` float32
+(N, C, C), aligned row by row with the slices store), so the oracle trains through exactly the
+code path of the Grad-CAM-weighted variant; only the map differs: 1 inside the union of a
+slice's boxes (in the crop frame), 0 elsewhere, all zeros on slices without boxes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import zarr
+
+from pipeline.roi_scores import box_mask, split_boxes
+from pipeline.store import SPLITS, ShardedWriter, as_str, open_store, split_group
+
+Progress = Optional[Callable[[int], None]]
+
+
+def write_box_maps(path: Path | str, slices_path: Path | str, annotations: Path | str, frame: int | None = None,
+                   progress: Progress = None, frame_param: str = "frame") -> dict[str, int]:
+    """Box-map store at `path` (not atomic: give it a temporary path); returns {split: slices with boxes}."""
+    slices = open_store(slices_path, kind="slices")
+    root = zarr.open_group(str(path), mode="w")
+    root.attrs.update({"kind": "heatmaps", "source": "ground-truth boxes", "slices": str(slices_path),
+                       "annotations": str(annotations)})
+    counts = {}
+    for split in SPLITS:
+        g = split_group(slices, split, slices_path)
+        names, idx = as_str(g["volume"][:]), np.asarray(g["slice"][:], dtype=np.int32)
+        n, c = len(names), int(g["target"].shape[-1])
+        boxes = split_boxes(annotations, slices_path, split, c, frame, frame_param)
+        writer = ShardedWriter(root.create_group(split), n, {"volume": ((), str), "slice": ((), "int32"),
+                                                             "heatmap": ((c, c), "float32")})
+        step = writer.shard
+        for start in range(0, n, step):
+            rows = range(start, min(start + step, n))
+            maps = [box_mask((c, c), [b for b, _ in boxes.get((str(names[i]), int(idx[i])), ())]) for i in rows]
+            writer.append(volume=names[rows.start:rows.stop], slice=idx[rows.start:rows.stop],
+                          heatmap=np.stack(maps).astype(np.float32))
+            if progress:
+                progress(len(rows))
+        writer.close()
+        counts[split] = sum(1 for key in boxes if key[0] in set(names.tolist()))
+    return counts
