@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 from pipeline.roi_scores import box_mask, split_boxes
-from pipeline.store import SPLITS, ShardedWriter, as_str, open_store, split_group
+from pipeline.store import SPLITS, ShardedWriter, finish_store, open_store, read_rows, split_group
 
 Progress = Optional[Callable[[int], None]]
 
@@ -29,7 +29,7 @@ def write_box_maps(path: Path | str, slices_path: Path | str, annotations: Path 
     counts = {}
     for split in SPLITS:
         g = split_group(slices, split, slices_path)
-        names, idx = as_str(g["volume"][:]), np.asarray(g["slice"][:], dtype=np.int32)
+        names, idx = read_rows(g["volume"]), np.asarray(read_rows(g["slice"]), dtype=np.int32)
         n, c = len(names), int(g["target"].shape[-1])
         boxes = split_boxes(annotations, slices_path, split, c, frame, frame_param)
         writer = ShardedWriter(root.create_group(split), n, {"volume": ((), str), "slice": ((), "int32"),
@@ -44,4 +44,5 @@ def write_box_maps(path: Path | str, slices_path: Path | str, annotations: Path 
                 progress(len(rows))
         writer.close()
         counts[split] = sum(1 for key in boxes if key[0] in set(names.tolist()))
+    finish_store(root)
     return counts

@@ -31,7 +31,7 @@ from pipeline.metrics import ALL, volume_metrics, volume_slices
 from pipeline.models.registry import load_unet
 from pipeline.reports import clean
 from pipeline.stats import compare_all, seed_means
-from pipeline.store import ShardedWriter, atomic_path
+from pipeline.store import ShardedWriter, atomic_path, finish_store
 from pipeline.training.device import select_device
 from pipeline.training.unet import predict
 from pipeline.unet_data import SplitData
@@ -44,7 +44,7 @@ COMPARED = ("roi_psnr", "roi_ssim", "roi_nmse", "psnr", "ssim", "nmse")   # in t
 TRACKED_MEANS = ("nmse", "psnr", "ssim", "roi_psnr", "roi_ssim")
 TRACKED_COMPARED = ("roi_psnr", "psnr")
 TRACKED_STATS = ("delta", "ci95_low", "ci95_high", "p")
-DIGITS = 6
+DIGITS = 8                      # significant digits in the JSON reports
 Box = tuple[int, int, int, int]
 Progress = Optional[Callable[[int], None]]
 
@@ -93,8 +93,10 @@ def roi_masks(data: SplitData, boxes: dict[tuple[str, int], list[Box]]) -> np.nd
                      for name, k in zip(data.volume, data.slice)]) if len(data) else np.zeros((0, c, c), bool)
 
 
-def _load_checked(run: Run) -> tuple[nn.Module, dict]:
-    model, config = load_unet(run.path)
+def _load_checked(run: Run, expected_model: Optional[dict]) -> tuple[nn.Module, dict]:
+    """The run's trained U-Net; refused when it is another variant or seed, never trained, or of
+    other widths than `expected_model` (the params' unet.*)."""
+    model, config = load_unet(run.path, expected_model, expected_label="unet.* in params.yaml", require_trained=True)
     if config.get("variant") not in (None, run.variant):
         raise InputError(f"{run.path}: holds the {config['variant']!r} variant, expected {run.variant!r}")
     seed = config.get("train", {}).get("seed")
@@ -132,11 +134,13 @@ def volume_rows(data: SplitData, recon: np.ndarray, run: Run, roi: np.ndarray,
 
 def evaluate(data: SplitData, runs: Sequence[Run], boxes: dict[tuple[str, int], list[Box]],
              device_name: str = "auto", batch_size: int = 16, keep_rows: Sequence[int] = (),
-             on_recon: Optional[Callable[[Run, np.ndarray], None]] = None, progress: Progress = None) -> Evaluation:
+             on_recon: Optional[Callable[[Run, np.ndarray], None]] = None, progress: Progress = None,
+             expected_model: Optional[dict] = None) -> Evaluation:
     """Reconstruct the split with zero-filling and every run; per-volume metrics of each.
 
     `on_recon(run, recons)` receives each run's reconstructions (target units) once, e.g. to store
-    them; `keep_rows` are kept for figures."""
+    them; `keep_rows` are kept for figures; `expected_model` (a model config) refuses checkpoints of
+    other widths."""
     if data.target_raw is None:
         raise ValueError("load the split with keep_raw=True")
     device = select_device(device_name)
@@ -155,7 +159,7 @@ def evaluate(data: SplitData, runs: Sequence[Run], boxes: dict[tuple[str, int], 
 
     add(Run(ZERO_FILLED), data.zero_filled)
     for run in runs:
-        model, ev.configs[run.label] = _load_checked(run)
+        model, ev.configs[run.label] = _load_checked(run, expected_model)
         recon, ev.ms_per_slice[run.label] = timed_predict(model, data, device, batch_size)
         if not np.isfinite(recon).all():
             raise InputError(f"{run.path}: produces non-finite reconstructions")
@@ -236,6 +240,7 @@ def reconstructions_writer(out: Path | str, data: SplitData, attrs: dict[str, An
 
         yield write
         root.attrs["runs"] = written
+        finish_store(root)
 
 
 PER_VOLUME_COLUMNS = ("variant", "seed", "volume", "split", "n_slices", "n_roi_slices", *ALL)

@@ -1,6 +1,13 @@
-"""Overlay PNGs of Grad-CAM heatmaps: image, heatmap, and both with the ground-truth boxes."""
+"""Overlay PNGs of Grad-CAM heatmaps: the slice, its heatmap, and both with the ground-truth boxes.
+
+Each PNG reads without the code: the title names the volume, slice, split and the boxes' labels,
+the colour bar says what the heatmap values are, and a legend explains the box outline and the
+marker at the heatmap's maximum (the pointing game). Fixed size and dpi, no version stamp:
+equal inputs give equal bytes.
+"""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -8,39 +15,62 @@ import numpy as np
 
 from pipeline.roi_scores import Box, pointing_hit
 
+HEAT_CMAP = "jet"
+HEAT_LABEL = "Grad-CAM (1 = the volume's maximum)"
+OVERLAY_ALPHA = 0.6  # opacity of the heatmap at value 1 in the overlay (proportional below)
+PEAK_IN_BOX = "heatmap maximum, inside a box (hit)"
+PEAK_OUT_OF_BOX = "heatmap maximum, outside the boxes (miss)"
+
 
 def overlay_png(path: Path | str, image: np.ndarray, heat: np.ndarray, boxes: Sequence[Box],
                 labels: Sequence[str], title: str) -> None:
-    """Three panels: the slice, its heatmap, the overlay with boxes (green) and the map's maximum
-    (a cross: white when inside a box, red when not)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
+    """Three panels, each with the boxes: the slice, its heatmap with a labelled colour bar, and the
+    heatmap over the slice with the map's maximum (a white cross when inside a box, red when not);
+    a legend below. `title` names the slice (e.g. "file1000143.h5 slice 6 (test split)"); the box
+    labels are added to it."""
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
 
+    from pipeline.figures import BOX_COLOR, BOX_LABEL, save_png
+
+    image = np.asarray(image, dtype=np.float32)
+    heat = np.asarray(heat, dtype=np.float32)
     lo, hi = np.percentile(image, [0.5, 99.5])
-    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.6), dpi=100)
-    axes[0].imshow(image, cmap="gray", vmin=lo, vmax=hi)
-    axes[0].set_title("target")
-    im = axes[1].imshow(heat, cmap="jet", vmin=0, vmax=1)
-    axes[1].set_title("Grad-CAM (per volume max = 1)")
-    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
-    axes[2].imshow(image, cmap="gray", vmin=lo, vmax=hi)
-    axes[2].imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=0.4)
+    fig = Figure(figsize=(10.5, 4.1), layout="constrained")
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    axes[0].set_title("fully sampled target", fontsize=10)
+    im = axes[1].imshow(heat, cmap=HEAT_CMAP, vmin=0, vmax=1, interpolation="nearest")
+    axes[1].set_title("Grad-CAM heatmap", fontsize=10)
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.03).set_label(HEAT_LABEL, fontsize=9)
+    axes[2].imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    rgba = im.cmap(Normalize(0, 1)(heat))
+    rgba[..., 3] = OVERLAY_ALPHA * np.clip(heat, 0, 1)  # where the map is ~0 the slice shows through
+    axes[2].imshow(rgba, interpolation="nearest")
+    axes[2].set_title("heatmap over the target", fontsize=10)
     for (r0, c0, h, w) in boxes:
-        for ax in (axes[0], axes[2]):
-            ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), w, h, fill=False, edgecolor="lime", linewidth=1.2))
+        for ax in axes:
+            ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), w, h, fill=False, edgecolor=BOX_COLOR, linewidth=1.4))
+    handles = [Patch(facecolor="none", edgecolor=BOX_COLOR, linewidth=1.4, label=BOX_LABEL)]
     if heat.max() > 0:
         r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
         hit = pointing_hit(heat, boxes)
-        axes[2].plot([c], [r], marker="x", color="white" if hit else "red", markersize=9, mew=2)
-    axes[2].set_title("overlay: " + "; ".join(sorted(set(labels)))[:48], fontsize=8)
+        style = dict(marker="X", markersize=11, markeredgecolor="black", markeredgewidth=1.0, linestyle="none",
+                     markerfacecolor="white" if hit else "red", label=PEAK_IN_BOX if hit else PEAK_OUT_OF_BOX)
+        axes[2].plot([c], [r], **style)
+        handles.append(Line2D([], [], **style))
+    else:
+        handles.append(Patch(facecolor="none", edgecolor="none", label="heatmap is 0 everywhere (no maximum)"))
     for ax in axes:
-        ax.set_axis_off()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
+    names = sorted(set(labels))
+    what = f"box label{'s' if len(names) != 1 else ''}: {', '.join(names)}" if names else "no boxes"
+    fig.suptitle(textwrap.fill(f"{title}; {what}", width=110), fontsize=10)
+    save_png(fig, path)
 
 
 def pick_evenly(items: Sequence, n: int) -> list:

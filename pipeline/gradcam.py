@@ -34,7 +34,8 @@ from scipy.ndimage import gaussian_filter
 
 from pipeline.errors import InputError
 from pipeline.models.mrnet import MRNet, prepare_volume
-from pipeline.store import SPLITS, ShardedWriter, as_str, atomic_path, check_aligned, open_store, split_group
+from pipeline.store import (SPLITS, ShardedWriter, as_str, atomic_path, check_aligned, finish_store, open_store,
+                            read_rows, split_group)
 
 Progress = Optional[Callable[[int], None]]
 
@@ -188,12 +189,12 @@ def write_heatmaps(path: Path | str, slices_path: Path | str, model: MRNet, conf
     for split in SPLITS:
         g = slices[split]
         n, c = shapes[split]
-        names, idx = g["volume"][:], g["slice"][:].astype(np.int32)
+        names, idx = read_rows(g["volume"]), read_rows(g["slice"]).astype(np.int32)
         group = root.create_group(split)
         writer = ShardedWriter(group, n, {"volume": ((), str), "slice": ((), "int32"),
                                           "heatmap": ((c, c), "float32")})
         for name, a, b in volume_runs(names, slices_path, split):
-            target = np.asarray(g["target"][a:b], dtype=np.float32)
+            target = np.asarray(read_rows(g["target"], a, b), dtype=np.float32)
             if not np.isfinite(target).all():
                 raise InputError(f"{slices_path}: split '{split}': volume {name} holds NaN or Inf")
             writer.append(volume=as_str(names[a:b]), slice=idx[a:b],
@@ -202,6 +203,7 @@ def write_heatmaps(path: Path | str, slices_path: Path | str, model: MRNet, conf
                 progress(b - a)
         writer.close()
         counts[split] = n
+    finish_store(root)
     return counts
 
 

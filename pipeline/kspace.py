@@ -10,6 +10,7 @@ That is the same linear map as fastMRI's full 2-D transform, with far less arith
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -19,13 +20,18 @@ from fastmri.data import subsample
 from pipeline.errors import InputError
 
 MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
+# fastMRI spaces these masks by an integer number of lines (range(offset, n, acceleration))
+INTEGER_ACCELERATION_MASKS = ("equispaced", "magic")
 
 
 def mask_function(mask_type: str, acceleration: float, center_fraction: float) -> subsample.MaskFunc:
     if mask_type not in MASK_TYPES:
         raise InputError(f"mask.type: unknown mask type {mask_type!r}, expected one of {', '.join(MASK_TYPES)}")
-    if not isinstance(acceleration, (int, float)) or isinstance(acceleration, bool) or not acceleration >= 1:
-        raise InputError(f"mask.acceleration: must be a number >= 1, got {acceleration!r}")
+    if (not isinstance(acceleration, (int, float)) or isinstance(acceleration, bool)
+            or not math.isfinite(acceleration) or not acceleration >= 1):
+        raise InputError(f"mask.acceleration: must be a finite number >= 1, got {acceleration!r}")
+    if mask_type in INTEGER_ACCELERATION_MASKS and not float(acceleration).is_integer():
+        raise InputError(f"mask.acceleration: {mask_type} masks need an integer acceleration, got {acceleration!r}")
     if not 0 < center_fraction < 1:
         raise InputError(f"mask.center_fraction: must be in (0, 1), got {center_fraction!r}")
     acc = int(acceleration) if float(acceleration).is_integer() else float(acceleration)
@@ -74,7 +80,9 @@ def zero_filled(kspace: np.ndarray, mask: np.ndarray, crop: int) -> np.ndarray:
     if rows % 2 == 0 and cols % 2 == 0:
         # For even n, fftshift(ifft(ifftshift(x)))[j] = (-1)^(j - n/2) * ifft(x * (-1)^k)[j]:
         # alternating input signs replace both shifts, and the output signs vanish under abs().
-        sub *= _alternating(rows)[:, None] * _alternating(cols)[sel][None, :]
+        signs = _alternating(rows)[:, None] * _alternating(cols)[sel][None, :]
+        sub.real *= signs               # real and imaginary parts apart: numpy's complex multiply
+        sub.imag *= signs               # is CPU-dependent (FMA), see `_abs`
         transform = lambda x, axis: sfft.ifft(x, axis=axis, norm="ortho", overwrite_x=True)  # noqa: E731
     else:
         transform = ifftc_1d
@@ -83,10 +91,20 @@ def zero_filled(kspace: np.ndarray, mask: np.ndarray, crop: int) -> np.ndarray:
     # Phase-encode transform of the cropped rows; unsampled columns stay zero.
     full = np.zeros(sub.shape[:-1] + (cols,), dtype=np.complex64)
     full[..., sel] = sub
-    mag = np.abs(transform(full, -1)[..., c])
+    mag = _abs(transform(full, -1)[..., c])
     if kspace.ndim == 4:
         mag = np.sqrt(np.sum(mag * mag, axis=1))
     return mag.astype(np.float32, copy=False)
+
+
+def _abs(z: np.ndarray) -> np.ndarray:
+    """|z| in float64 from real arithmetic, as float32: np.abs of a complex array runs SIMD hypot
+    kernels whose last bit depends on the CPU (the stored images must not)."""
+    re, im = z.real.astype(np.float64), z.imag.astype(np.float64)
+    re *= re
+    im *= im
+    re += im
+    return np.sqrt(re, out=re).astype(np.float32)
 
 
 def center_crop(image: np.ndarray, crop: int) -> np.ndarray:

@@ -41,7 +41,7 @@ class ReconLoss(nn.Module):
     Computed in float32 even under autocast.
     """
 
-    def __init__(self, kind: str = "mse", ssim_weight: float = 0.0, win_size: int = 7):
+    def __init__(self, kind: str, ssim_weight: float = 0.0, win_size: int = 7):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"loss.kind: expected one of {', '.join(KINDS)}, got {kind!r}")

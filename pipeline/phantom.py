@@ -1,6 +1,7 @@
 """Knee-like coronal MRI phantom: femur, tibia, fibula, patella, cartilage, menisci, ligaments,
-muscle and fat, with lesions of known geometry. numpy only, deterministic, fast (~3 ms a slice at
-128 x 128): signed distance fields with 1-pixel anti-aliased edges, rendered slice by slice.
+muscle and fat, with lesions of known geometry. numpy only, deterministic (the same bytes on every
+x86-64 CPU: see "portable math" below), fast (~3 ms a slice at 128 x 128): signed distance fields
+with 1-pixel anti-aliased edges, rendered slice by slice.
 
 Geometry is defined in a *canonical* frame in units of half the recon field of view (FOV): X runs
 from the medial (-) to the lateral (+) side, Y from proximal/top (-) to distal/bottom (+); the knee
@@ -69,6 +70,92 @@ class Lesion:
     boxes: tuple[tuple[int, int, int, int], ...] = field(default=())
 
 
+# --------------------------------------------------------------------------- portable math
+# The data must be the same bytes on every x86-64 CPU, but numpy's SIMD kernels (exp, sin, cos,
+# log, power, complex abs and complex multiply), glibc libm's FMA variants (math.exp, scalar
+# np.exp, Python's float **) and OpenBLAS (vdot, linalg.norm) all round differently depending on
+# the instruction set they dispatch to. So transcendental functions are evaluated here from
+# IEEE-exact operations only (+, -, *, /, sqrt, floor, ldexp: correctly rounded on every CPU),
+# each a separate numpy call (no FMA contraction), in float64 (~1 ulp), and complex products and
+# magnitudes are written out in real arithmetic. FFTs (pocketfft in numpy and scipy, compiled
+# for the baseline, no runtime dispatch) and numpy's add-reductions are already identical.
+_LN2_HI = 6.93147180369123816490e-01      # fdlibm's split of ln 2 (k * _LN2_HI exact)
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e+00
+_PIO2_HI = 1.57079632673412561417e+00     # first 33 bits of pi/2 (k * _PIO2_HI exact)
+_PIO2_LO = 6.07710050650619224932e-11
+_INV_PIO2 = 6.36619772367581382433e-01
+_EXP_C = tuple(1.0 / math.factorial(n) for n in range(14))          # exact: factorials < 2^53
+_SIN_C = tuple((-1.0) ** j / math.factorial(2 * j + 1) for j in range(9))
+_COS_C = tuple((-1.0) ** j / math.factorial(2 * j) for j in range(10))
+
+
+def _scalar_or(a, like):
+    return float(a) if np.ndim(like) == 0 else a
+
+
+def det_exp(x):
+    """exp(x) in float64 (relative error ~2e-16), bit-identical on every CPU. Float or array."""
+    x0 = np.asarray(x, np.float64)
+    xc = np.clip(x0, -708.0, 709.0)
+    k = np.floor(xc * _INV_LN2 + 0.5)
+    r = xc - k * _LN2_HI
+    r = r - k * _LN2_LO                                # |r| <= 0.347: Taylor to r^13
+    p = np.full_like(r, _EXP_C[13])
+    for c in _EXP_C[12::-1]:
+        p = p * r + c
+    out = np.ldexp(p, k.astype(np.int32))
+    out = np.where(x0 < -708.0, 0.0, out)
+    return _scalar_or(out, x)
+
+
+def det_sincos(x):
+    """(sin(x), cos(x)) in float64 (error ~1e-16 for |x| < 1e5), bit-identical on every CPU."""
+    x0 = np.asarray(x, np.float64)
+    k = np.floor(x0 * _INV_PIO2 + 0.5)
+    r = x0 - k * _PIO2_HI
+    r = r - k * _PIO2_LO                               # |r| <= pi/4
+    r2 = r * r
+    s = np.full_like(r, _SIN_C[8])
+    for c in _SIN_C[7::-1]:
+        s = s * r2 + c
+    s = s * r
+    c_ = np.full_like(r, _COS_C[9])
+    for c in _COS_C[8::-1]:
+        c_ = c_ * r2 + c
+    q = np.mod(k, 4.0)
+    sin = np.where(q == 0, s, np.where(q == 1, c_, np.where(q == 2, -s, -c_)))
+    cos = np.where(q == 0, c_, np.where(q == 1, -s, np.where(q == 2, -c_, s)))
+    return _scalar_or(sin, x), _scalar_or(cos, x)
+
+
+def det_abs(z: np.ndarray) -> np.ndarray:
+    """|z| of a complex array as float32, computed in float64 (not numpy's SIMD hypot)."""
+    re = z.real.astype(np.float64)
+    im = z.imag.astype(np.float64)
+    re *= re
+    im *= im
+    re += im
+    return np.sqrt(re, out=re).astype(np.float32)
+
+
+def det_cmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a * b of complex64 arrays (broadcast), in real arithmetic (numpy's SIMD complex multiply
+    uses FMA where the CPU has it)."""
+    ar, ai, br, bi = a.real, a.imag, b.real, b.imag
+    out = np.empty(np.broadcast_shapes(a.shape, b.shape), np.complex64)
+    np.subtract(ar * br, ai * bi, out=out.real)
+    np.add(ar * bi, ai * br, out=out.imag)
+    return out
+
+
+def det_rmul(z: np.ndarray, r) -> np.ndarray:
+    """z *= r in place for complex z and real r (numpy would promote r to complex)."""
+    z.real *= r
+    z.imag *= r
+    return z
+
+
 # --------------------------------------------------------------------------- small helpers
 def _clip(a, lo, hi):
     """In-place clip."""
@@ -83,7 +170,8 @@ def _ss(x: float, a: float, b: float) -> float:
 
 def _bp(x: float, c: float, w: float) -> float:
     """Scalar Gaussian bump."""
-    return math.exp(-(((x - c) / w) ** 2))
+    t = (x - c) / w
+    return det_exp(-(t * t))
 
 
 def _sstep(x, a, b):
@@ -102,7 +190,8 @@ def _bump(x, c, w):
     t *= 1.0 / w
     t *= t
     np.negative(t, out=t)
-    return np.exp(t, out=t)
+    np.copyto(t, det_exp(t), casting="same_kind")
+    return t
 
 
 def _soft(sdf, pix):
@@ -217,7 +306,7 @@ def _upsample(c, axis, n_out):
 def _gauss_kernel(shape, sz, sy, sx):
     """Separable Gaussian transfer function on an rfftn grid (sigmas in samples), read-only."""
     def g(freq, sig):
-        return np.exp(-2.0 * np.pi ** 2 * (sig * freq) ** 2).astype(np.float32)
+        return det_exp(-2.0 * (np.pi * np.pi) * (sig * freq) ** 2).astype(np.float32)
     k = (g(np.fft.fftfreq(shape[0]), sz)[:, None, None] * g(np.fft.fftfreq(shape[1]), sy)[
         None, :, None] * g(np.fft.rfftfreq(shape[2]), sx)[None, None, :])
     k.flags.writeable = False
@@ -465,7 +554,7 @@ def _anatomy(sub: _Subject, X, Y, s, pix, tex, pre):
     L = sub.men_len * (1.0 + 0.5 * (1.0 - _bp(s, 0.5, 0.3)))
     h = sub.men_h
     xo = plat + 0.02
-    nrm = math.sqrt((h / 2) ** 2 + L ** 2)
+    nrm = math.sqrt((h / 2) * (h / 2) + L * L)
     dYl = pre["dY"][:, wj] * (L / nrm)
     men = {}
     for name, sg in (("medial", -1.0), ("lateral", 1.0)):
@@ -525,7 +614,8 @@ def _plan_lesion(rng, kind, s_pos, lo=0.3, hi=0.72) -> _Plan:
     ks = list(range(first, first + n))
     c = (ks[0] + ks[-1]) / 2.0
     half = (ks[-1] - ks[0]) / 2.0 + 1.0
-    prof = {k: float(np.sqrt(max(1.0 - ((k - c) / (half + 0.4)) ** 2, 0.0))) for k in ks}
+    prof = {k: math.sqrt(max(1.0 - ((k - c) / (half + 0.4)) * ((k - c) / (half + 0.4)), 0.0))
+            for k in ks}
     side = float(rng.choice([-1.0, 1.0]))
     if kind == "edema":
         p = dict(on_femur=bool(rng.random() < 0.6), a=float(rng.uniform(0.14, 0.21)),
@@ -562,7 +652,8 @@ def _apply_lesion(plan: _Plan, k: int, sub: _Subject, g: dict, img, X, Y, pix, t
         else:
             cx, cy, marrow = side * (sub.dc + p["dx"]), yj + tc + p["ty"], g["inner_t"]
         e = _ellipse(X, Y, cx, cy, p["a"] * sc, p["b"] * sc)
-        w = np.clip(1.0 - e / (0.05 * sc), 0.0, 1.0) ** 1.5                   # soft rim
+        w = np.clip(1.0 - e / (0.05 * sc), 0.0, 1.0)
+        w *= np.sqrt(w)                                                       # soft rim: ^1.5
         w *= marrow
         w *= np.clip(0.85 + 0.25 * t_low, 0.55, 1.0)
         if "edema" in T:
@@ -573,8 +664,9 @@ def _apply_lesion(plan: _Plan, k: int, sub: _Subject, g: dict, img, X, Y, pix, t
     if plan.kind == "cartilage":
         rd = p["rd"] * (0.6 + 0.4 * prof)
         if p["on_femur"]:
-            px = side * sub.dc + rcs * math.sin(p["phi"])
-            py = cyc + (rcs + tc * 0.5) * math.cos(p["phi"])
+            sphi, cphi = det_sincos(p["phi"])
+            px = side * sub.dc + rcs * sphi
+            py = cyc + (rcs + tc * 0.5) * cphi
             sd, band = g["f"], g["band_f"]
         else:
             px, py = side * p["tx"], yj + tc * 0.5
@@ -591,7 +683,8 @@ def _apply_lesion(plan: _Plan, k: int, sub: _Subject, g: dict, img, X, Y, pix, t
     L, xo = float(g["L"]), float(g["xo"])
     px = side * (xo - L * p["frac"])
     py = yj + p["off"] * float(g["h"])
-    nx, ny = -math.sin(p["ang"]), math.cos(p["ang"])
+    sang, cang = det_sincos(p["ang"])
+    nx, ny = -sang, cang
     wid = max(0.036, 2.0 * pix)
     dist = np.abs((X - px) * nx + (Y - py) * ny)
     w = _soft(dist - wid / 2, pix) * np.clip(g["men"][name] * 1.6, 0.0, 1.0)
@@ -660,7 +753,7 @@ def render_knee(rng: np.random.Generator, n_slices: int, shape: tuple[int, int],
     y = ((rows + 0.5) - (r0 + Fh / 2.0)) / (Fh / 2.0)
     x = ((cols + 0.5) - (c0 + Fw / 2.0)) / (Fw / 2.0)
     xx, yy = x[None, None, :] - sub.cx, y[None, :, None] - sub.cy
-    ca_, sa_ = math.cos(sub.angle), math.sin(sub.angle)
+    sa_, ca_ = det_sincos(sub.angle)
     X = ((xx * ca_ + yy * sa_) * (sub.side / sub.scale)).astype(np.float32)
     Y = ((yy * ca_ - xx * sa_) * (1.0 / sub.scale)).astype(np.float32)
     pix = 2.0 / min(Fh, Fw) / sub.scale
@@ -680,8 +773,7 @@ def render_knee(rng: np.random.Generator, n_slices: int, shape: tuple[int, int],
     bias = np.clip(1.0 + b1 * X + b2 * Y + b3 * X * Y + b4 * 0.5 * (X * X + Y * Y), 0.6, 1.4)
     ph = sub.phase
     phase0 = (ph[0] * np.pi + ph[1] * 1.2 * X + ph[2] * 1.2 * Y
-              + ph[3] * 0.8 * (X * X + Y * Y)).astype(np.float32)[0]
-    carrier = (np.cos(phase0) + 1j * np.sin(phase0)).astype(np.complex64)
+              + ph[3] * 0.8 * (X * X + Y * Y)).astype(np.float32)[0].astype(np.float64)
     pre = _precompute(sub, X, Y, pix)
 
     out = np.zeros((S, H, W), np.complex64)
@@ -703,8 +795,11 @@ def render_knee(rng: np.random.Generator, n_slices: int, shape: tuple[int, int],
         g *= bias
         img *= g
         np.clip(img, 0.0, None, out=img)
-        drift = np.complex64(np.exp(1j * ph[4] * 0.3 * (s_pos[k] - 0.5)))
-        np.multiply(carrier * drift, img[0], out=out[k, ra:rb, ca:cb])
+        # smooth phase: phase0 plus a drift across slices
+        sn, cs = det_sincos(phase0 + ph[4] * 0.3 * (float(s_pos[k]) - 0.5))
+        o = out[k, ra:rb, ca:cb]
+        np.multiply(cs.astype(np.float32), img[0], out=o.real)
+        np.multiply(sn.astype(np.float32), img[0], out=o.imag)
 
     lesions: list[Lesion] = []
     for plan, per in zip(plans, boxes):

@@ -13,7 +13,8 @@ from pipeline.store import atomic_path
 
 def clean(value: Any, digits: Optional[int] = None) -> Any:
     """JSON-able copy: numpy scalars as Python numbers, non-finite floats as None, floats rounded
-    to `digits` when given; dicts, lists and tuples recursively."""
+    to `digits` significant digits when given (a p-value of 3e-9 stays 3e-9); dicts, lists and
+    tuples recursively."""
     if isinstance(value, dict):
         return {str(k): clean(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -24,7 +25,7 @@ def clean(value: Any, digits: Optional[int] = None) -> Any:
         x = float(value)
         if not math.isfinite(x):
             return None
-        return round(x, digits) if digits is not None else x
+        return float(f"{x:.{digits}g}") if digits is not None else x
     return value
 
 

@@ -12,6 +12,7 @@ Boxes are `(row0, col0, height, width)` in the crop frame (native orientation, r
 """
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -82,12 +83,28 @@ def split_boxes(annotations: Path | str | None, slices_path: Path | str, split: 
     `slice_boxes`); {} without an annotations file. `frame` and `param` as `recon_frames`."""
     if annotations is None:
         return {}
-    from pipeline.io.annotations import read_annotations, recon_frames
+    from pipeline.io.annotations import check_rows, read_annotations, recon_frames, store_volumes
 
     path = Path(annotations)
     if not path.is_file():
         raise InputError(f"{path}: annotations file not found (set data.annotations to null to run without ROIs)")
-    return slice_boxes(read_annotations(path), recon_frames(slices_path, split, frame, param=param), crop)
+    table = read_annotations(path)
+    frames = recon_frames(slices_path, split, frame, param=param)
+    rows, files = check_rows(table, path, store_volumes(slices_path), frames)
+    _report_unknown(path, slices_path, rows, files)
+    return slice_boxes(table, frames, crop)
+
+
+_reported: set[tuple[str, str]] = set()
+
+
+def _report_unknown(path: Path, slices_path: Path | str, rows: int, files: int) -> None:
+    """One line on stderr (once per annotations file and store) for rows naming absent volumes."""
+    key = (str(path), str(slices_path))
+    if rows and key not in _reported:
+        _reported.add(key)
+        print(f"{path}: {rows} box row{'s' if rows != 1 else ''} for {files} volume{'s' if files != 1 else ''} "
+              f"in none of the splits of {slices_path}: not used", file=sys.stderr)
 
 def score_slices(items: Iterable[tuple[np.ndarray, Sequence[Box], Sequence[str]]]) -> dict:
     """Pointing game and energy in box over (heatmap, boxes, labels) of annotated slices."""

@@ -16,7 +16,7 @@ from pipeline.errors import check_disjoint
 from pipeline.io.fastmri import FastMRIFile, VolumeInfo, list_split
 from pipeline.kspace import center_crop, check_crop, instance_stats, mask_function, volume_mask, zero_filled
 from pipeline.parallel import ordered_map
-from pipeline.store import SPLITS, ShardedWriter, atomic_path
+from pipeline.store import SPLITS, ShardedWriter, atomic_path, finish_store
 
 Progress = Optional[Callable[[int], None]]
 
@@ -92,6 +92,7 @@ def _write_store(out: Path, scans: dict[str, list[VolumeInfo]], attrs: dict,
                     progress(info.n_slices)
             writer.close()
             counts[split] = n
+        finish_store(root)
     return counts
 
 

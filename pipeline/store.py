@@ -1,11 +1,23 @@
-"""Zarr v3 store layouts (DESIGN.md) and atomic output paths.
+"""Zarr v3 store layouts (DESIGN.md), atomic output paths and store integrity.
 
 Every store has one group per split; arrays have one slice per chunk and many slices per
 shard, so a store is tens of files. Writers fill whole shards at a time from a buffer.
+
+Integrity. Every chunk carries a crc32c checksum (zarr's `crc32c` codec after zstd, inside
+each shard, and on each shard's index), and empty chunks are written like any other, so a
+finished store holds every chunk of every array. A writer ends with `finish_store`, which
+records, as the store's last write, the number of chunk files (shards) of each array:
+`attrs["complete"] = {"checksum": "crc32c", "chunks": {"train/target": 2, ...}}`.
+`open_store` refuses a store without that record, or with an array whose metadata is
+unreadable or disagrees with it, or whose chunk files are not all there (a missing chunk would
+otherwise read as the fill value); reads go through `read_rows`/`reading`, which turn a
+checksum mismatch or an undecodable chunk into one InputError line naming store, array and shard.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 import os
 import shutil
 import uuid
@@ -15,9 +27,10 @@ from typing import Iterator
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, first_line
+from pipeline.tmp_sweep import sweep_stale_temporaries
 
 SPLITS = ("train", "val", "test")
 
@@ -38,6 +51,7 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(final)  # left by a killed earlier run (kill -9 skips the cleanup below)
     tmp = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
@@ -86,7 +100,9 @@ class ShardedWriter:
                 shards=(self.shard, *row_shape) if name in big else None, dtype=dtype,
                 fill_value="" if dtype is str else None,
                 # zstd level 1: float images barely compress, and level 3 doubles the write time.
-                compressors=None if dtype is str else ZstdCodec(level=1),
+                compressors=checksum_codecs(dtype),
+                # all-zero slices (box maps, heatmaps) are written too: every chunk is on disk.
+                config={"write_empty_chunks": True},
             )
         self._big = set(big)
         self._buf: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
@@ -127,15 +143,132 @@ class ShardedWriter:
             self._buf[k] = []
 
 
+def checksum_codecs(dtype) -> list:
+    """Bytes-to-bytes codecs of a pipeline array: zstd (not for strings), then a crc32c checksum.
+    In a sharded array they apply to each inner chunk; the shard index has its own crc32c."""
+    return [Crc32cCodec()] if dtype is str else [ZstdCodec(level=1), Crc32cCodec()]
+
+
+COMPLETE = "complete"
+
+
+def _grid(arr: zarr.Array) -> tuple[int, ...]:
+    """Number of chunk files (shards, or chunks when not sharded) along each axis."""
+    step = arr.shards or arr.chunks
+    return tuple(math.ceil(n / c) for n, c in zip(arr.shape, step))
+
+
+def _chunk_keys(arr: zarr.Array) -> list[str]:
+    """The chunk files a complete array holds, relative to the array (default key encoding)."""
+    grid = _grid(arr)
+    if not grid:
+        return ["c"]
+    return ["c/" + "/".join(map(str, idx)) for idx in itertools.product(*(range(g) for g in grid))]
+
+
+def _arrays(root: zarr.Group) -> dict[str, zarr.Array]:
+    return {name: a for name, a in root.members(max_depth=None) if isinstance(a, zarr.Array)}
+
+
+def finish_store(root: zarr.Group) -> dict[str, int]:
+    """Record the store as complete, with each array's number of chunk files; call it last,
+    once every array is written. Raises if a chunk file is missing already."""
+    base = _store_dir(root)
+    chunks = {}
+    for name, arr in sorted(_arrays(root).items()):
+        keys = _chunk_keys(arr)
+        missing = [k for k in keys if not (base / name / k).is_file()]
+        if missing:
+            raise RuntimeError(f"{base}: {name}: chunk {missing[0]} was not written")
+        chunks[name] = len(keys)
+    root.attrs[COMPLETE] = {"checksum": "crc32c", "chunks": chunks}
+    return chunks
+
+
+def _store_dir(root: zarr.Group) -> Path:
+    store_root = getattr(root.store, "root", None)
+    if store_root is None:
+        raise RuntimeError("pipeline stores are directories on disk")
+    return Path(store_root) / root.path if root.path else Path(store_root)
+
+
+def verify_store(path: Path, root: zarr.Group, kind: str) -> None:
+    """Cheap checks of a store against its completion record (metadata and file sizes only)."""
+    record = root.attrs.get(COMPLETE)
+    if not isinstance(record, dict) or not isinstance(record.get("chunks"), dict):
+        raise InputError(f"{path}: {kind} store has no completion record (attrs '{COMPLETE}'): it was not "
+                         f"finished or has been altered; rebuild it")
+    try:
+        members = _arrays(root)  # all metadata in one concurrent pass
+    except Exception:
+        members = {}  # some metadata is unreadable: found below, array by array
+    for name, expected in record["chunks"].items():
+        try:
+            arr = members[name] if name in members else root[name]
+            keys = _chunk_keys(arr)
+        except Exception as exc:
+            raise InputError(f"{path}: array {name}: unreadable metadata ({first_line(exc)})") from None
+        if not isinstance(arr, zarr.Array):
+            raise InputError(f"{path}: {name} is not an array")
+        if len(keys) != expected:
+            raise InputError(f"{path}: array {name}: metadata gives {len(keys)} chunk files, the completion "
+                             f"record {expected}")
+        for key in keys:
+            f = path / name / key
+            try:
+                size = f.stat().st_size
+            except OSError:
+                raise InputError(f"{path}: array {name}: chunk {key} is missing") from None
+            if size == 0:
+                raise InputError(f"{path}: array {name}: chunk {key} is empty (truncated)")
+
+
 def open_store(path: Path | str, *, kind: str) -> zarr.Group:
-    """Open a finished store read-only; a missing or unfinished one is an InputError."""
+    """Open a finished store read-only; a missing, unfinished or damaged one is an InputError.
+
+    Checks the completion record and that every chunk file it counts is there (no data is read)."""
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise InputError(f"{path}: missing {kind} store (run the stage that writes it first)")
     try:
-        return zarr.open_group(str(path), mode="r")
+        root = zarr.open_group(str(path), mode="r")
     except Exception as exc:  # corrupt metadata
-        raise InputError(f"{path}: unreadable {kind} store ({exc})") from None
+        raise InputError(f"{path}: unreadable {kind} store ({first_line(exc)})") from None
+    verify_store(path, root, kind)
+    return root
+
+
+def _where(arr: zarr.Array) -> str:
+    store_root = getattr(arr.store, "root", None)
+    store = str(store_root) if store_root is not None else "store"
+    return f"{store}: array {arr.path}"
+
+
+@contextlib.contextmanager
+def reading(arr: zarr.Array, start: int | None = None) -> Iterator[None]:
+    """Turn a failed read of `arr` (checksum mismatch, undecodable chunk or shard index) into one
+    InputError line naming the store, the array and, given the first row read, the shard."""
+    try:
+        yield
+    except (InputError, MemoryError, OSError):
+        raise  # not damage: the stage wrapper reports an OSError with its path
+    except Exception as exc:
+        where = ""
+        if start is not None and arr.ndim:
+            step = (arr.shards or arr.chunks)[0]
+            k = start // step
+            where = f" chunk c/{'/'.join([str(k)] + ['0'] * (arr.ndim - 1))} (rows {k * step}-" \
+                    f"{min((k + 1) * step, arr.shape[0]) - 1})"
+        what = "checksum mismatch" if "checksum" in str(exc) else first_line(exc, 120)
+        raise InputError(f"{_where(arr)}:{where} damaged ({what})") from None
+
+
+def read_rows(arr: zarr.Array, start: int | None = None, stop: int | None = None) -> np.ndarray:
+    """`arr[start:stop]` (all rows by default), failures as InputError (see `reading`).
+    Strings come back as numpy's fixed-width str."""
+    with reading(arr, start or 0):
+        out = arr[...] if arr.ndim == 0 else arr[start:stop]
+    return as_str(out) if getattr(out, "dtype", None) is not None and out.dtype.kind in "OTU" else out
 
 
 def split_group(root: zarr.Group, split: str, path: Path | str) -> zarr.Group:
@@ -155,9 +288,9 @@ def check_aligned(ref: zarr.Group, other: zarr.Group, what: str) -> None:
     for key in ("volume", "slice"):
         if key not in other:
             raise InputError(f"{what}: has no '{key}' array to check alignment with the slices store")
-    a_vol, b_vol = as_str(ref["volume"][:]), as_str(other["volume"][:])
+    a_vol, b_vol = read_rows(ref["volume"]), read_rows(other["volume"])
     if a_vol.shape != b_vol.shape:
         raise InputError(f"{what}: {b_vol.shape[0]} slices, the slices store has {a_vol.shape[0]}")
     if not (np.array_equal(a_vol, b_vol)
-            and np.array_equal(ref["slice"][:], other["slice"][:])):
+            and np.array_equal(read_rows(ref["slice"]), read_rows(other["slice"]))):
         raise InputError(f"{what}: volume/slice order differs from the slices store")

@@ -37,10 +37,12 @@ fastMRI file format (as the public knee files; `fastmri.data.SliceDataset` reads
 
 Determinism: every volume and exam has its own generator `np.random.default_rng([seed, stream,
 split_index, i])` (stream 0: fastMRI volumes, 1: MRNet exams, 2: file names, 3: lesion flags), so
-the same seed gives byte-identical files, and exams and reconstruction volumes are different
-subjects. floor(n * lesion_rate + 0.5) of the n volumes (exams) of each split have lesions, at
-seeded positions (`eval_lesion_rate` for the val and test splits, when set: lesion-rich evaluation
-splits give the ROI metrics enough volumes with boxes).
+the same seed gives byte-identical files, on every x86-64 CPU whatever SIMD level numpy, OpenBLAS
+and libm dispatch to (transcendental functions, complex products and magnitudes and sums of squares
+are computed without CPU-dependent kernels: see `pipeline.phantom`'s portable math), and exams
+and reconstruction volumes are different subjects. floor(n * lesion_rate + 0.5) of the n volumes
+(exams) of each split have lesions, at seeded positions (`eval_lesion_rate` for the val and test
+splits, when set: lesion-rich evaluation splits give the ROI metrics enough volumes with boxes).
 
 MRNet exams (`write_mrnet_exams`) are drawn from the same phantom and the same acquisition model
 (band-limit, noise) as the fastMRI targets (computed with 1-D column FFTs on the recon rows, which
@@ -70,7 +72,8 @@ import scipy.fft as sfft
 
 from pipeline.errors import InputError
 from pipeline.io.annotations import to_fastmri_plus, write_annotations
-from pipeline.phantom import Lesion, render_knee
+from pipeline.phantom import (Lesion, det_abs, det_cmul, det_exp, det_rmul, det_sincos,
+                              render_knee)
 
 __all__ = ["SyntheticSpec", "Encoding", "encoding_for", "write_fastmri", "write_annotations",
            "write_mrnet_exams", "synthesize", "total_units", "ismrmrd_header", "fft2c", "ifft2c",
@@ -80,6 +83,7 @@ Progress = Optional[Callable[[int], object]]
 FASTMRI_SPLITS = ("train", "val", "test")
 MRNET_SPLITS = ("train", "valid")
 RECON_FOV_MM = 140.0
+_LN_SCALE_LO, _LN_SCALE_HI = -8.804875, -7.418581   # ln(1.5e-4), ln(6e-4): image scale range
 _ACQ_FRACTION = 332.0 / 368.0
 
 
@@ -188,9 +192,9 @@ def _centered(x: np.ndarray, inverse: bool) -> np.ndarray:
         f = sfft.ifft2 if inverse else sfft.fft2
         return sfft.fftshift(f(sfft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
     c = _checker(n, m)
-    y = (sfft.ifft2 if inverse else sfft.fft2)(x * c, norm="ortho", overwrite_x=True)
-    y *= c if (n // 2 + m // 2) % 2 == 0 else -c
-    return y
+    y = det_rmul(np.array(x, dtype=np.result_type(x.dtype, np.complex64)), c)
+    y = (sfft.ifft2 if inverse else sfft.fft2)(y, norm="ortho", overwrite_x=True)
+    return det_rmul(y, c if (n // 2 + m // 2) % 2 == 0 else -c)
 
 
 def fft2c(x: np.ndarray) -> np.ndarray:
@@ -222,13 +226,17 @@ def coil_maps(rng: np.random.Generator, n_coils: int, grid: tuple[int, int], rec
     for c in range(n_coils):
         a = rot + 2 * np.pi * c / n_coils + rng.uniform(-0.2, 0.2)
         ring = rng.uniform(1.0, 1.3)
-        cx, cy = ring * np.cos(a), 0.6 * ring * np.sin(a)
+        sa, ca = det_sincos(a)
+        cx, cy = ring * ca, 0.6 * ring * sa
         width = rng.uniform(0.7, 1.0)
-        mag = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * width ** 2))
+        mag = det_exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * width * width))
         ph = rng.uniform(-np.pi, np.pi) + rng.uniform(-1, 1) * x + rng.uniform(-1, 1) * y
-        maps[c] = (mag * np.exp(1j * ph)).astype(np.complex64)
-    rss = np.sqrt((np.abs(maps) ** 2).sum(axis=0))
-    maps /= np.maximum(rss, 1e-6)[None].astype(np.float32)
+        sn, cs = det_sincos(ph)
+        maps[c].real = mag * cs
+        maps[c].imag = mag * sn
+    rss = np.sqrt((maps.real * maps.real + maps.imag * maps.imag).sum(axis=0))
+    maps.real /= np.maximum(rss, 1e-6)[None].astype(np.float32)
+    maps.imag /= np.maximum(rss, 1e-6)[None].astype(np.float32)
     return maps
 
 
@@ -325,15 +333,18 @@ def ismrmrd_header(enc: Encoding, n_slices: int, n_coils: int, acquisition: str,
 # --------------------------------------------------------------------------- acquisition
 def _noise_sigma(x: np.ndarray, noise: float) -> float:
     """sigma = noise * RMS of the fully sampled noise-free k-space of `x` (all its samples),
-    computed in the image domain (Parseval, orthonormal FFT)."""
-    return float(noise) * math.sqrt(float(np.vdot(x, x).real) / max(x.size, 1))
+    computed in the image domain (Parseval, orthonormal FFT). A numpy float64 sum, not BLAS
+    (OpenBLAS's vdot rounds differently on different CPUs)."""
+    re, im = x.real.astype(np.float64), x.imag.astype(np.float64)
+    energy = float(np.sum(re * re)) + float(np.sum(im * im))
+    return float(noise) * math.sqrt(energy / max(x.size, 1))
 
 
 def _add_noise(k: np.ndarray, sigma: float, rng: np.random.Generator) -> None:
     if sigma > 0:
-        n = rng.standard_normal(k.shape + (2,), dtype=np.float32).view(np.complex64)[..., 0]
+        n = rng.standard_normal(k.shape + (2,), dtype=np.float32)
         n *= np.float32(sigma / math.sqrt(2.0))
-        k += n
+        k += n.view(np.complex64)[..., 0]
 
 
 def _acquire_volume(images: np.ndarray, enc: Encoding, coils: int, noise: float,
@@ -342,7 +353,7 @@ def _acquire_volume(images: np.ndarray, enc: Encoding, coils: int, noise: float,
     (S, coils, rows, cols) complex64; target float32 (S, R, R)."""
     if coils > 1:
         maps = coil_maps(rng, coils, enc.grid, enc.recon)
-        x = images[:, None] * maps[None]
+        x = det_cmul(images[:, None], maps[None])
     else:
         x = images
     sigma = _noise_sigma(x, noise)
@@ -350,7 +361,7 @@ def _acquire_volume(images: np.ndarray, enc: Encoding, coils: int, noise: float,
     _add_noise(k, sigma, rng)
     k[..., :enc.padding_left] = 0
     k[..., enc.padding_right:] = 0
-    img = np.abs(center_crop(ifft2c(k), (enc.recon, enc.recon)))
+    img = det_abs(center_crop(ifft2c(k), (enc.recon, enc.recon)))
     if coils > 1:
         img = np.sqrt((img ** 2).sum(axis=1))
     return k, img.astype(np.float32, copy=False)
@@ -373,7 +384,7 @@ def _acquire_fov(images: np.ndarray, enc: Encoding, noise: float, rng: np.random
     _add_noise(k, sigma, rng)
     k[..., _unacquired(enc)] = 0
     x = sfft.ifft(k, norm="ortho", axis=-1)
-    return np.abs(center_crop(x, (enc.recon, enc.recon))).astype(np.float32, copy=False)
+    return det_abs(center_crop(x, (enc.recon, enc.recon)))
 
 
 def _lesion_flags(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
@@ -417,7 +428,8 @@ def _write_h5(path: Path, kspace: np.ndarray, target: np.ndarray, header: bytes,
         hf.create_dataset("reconstruction_rss", data=target, track_times=False)
         hf.attrs["acquisition"] = acquisition
         hf.attrs["max"] = float(target.max())
-        hf.attrs["norm"] = float(np.linalg.norm(target.astype(np.float64)))
+        t = target.astype(np.float64)          # not np.linalg.norm: BLAS, CPU-dependent
+        hf.attrs["norm"] = math.sqrt(float(np.sum(t * t)))
         hf.attrs["patient_id"] = patient_id
 
 
@@ -427,8 +439,8 @@ def synth_volume(spec: SyntheticSpec, seed: int, split: str, index: int, lesion:
     rng = np.random.default_rng([seed, 0, FASTMRI_SPLITS.index(split), index])
     vol = render_knee(rng, spec.slices, enc.grid, lesion=lesion,
                       fov_shape=(enc.recon, enc.recon))
-    scale = np.float32(10.0 ** rng.uniform(math.log10(1.5e-4), math.log10(6e-4)))
-    images = vol.images * scale
+    scale = np.float32(det_exp(rng.uniform(_LN_SCALE_LO, _LN_SCALE_HI)))   # log-uniform
+    images = det_rmul(vol.images, scale)
     kspace, target = _acquire_volume(images, enc, spec.coils, spec.noise, rng)
     header = ismrmrd_header(enc, spec.slices, spec.coils, vol.acquisition, rng)
     pid = hashlib.sha256(f"roirecon-synthetic/{seed}/{split}/{index}".encode()).hexdigest()

@@ -20,7 +20,7 @@ import torch
 import zarr
 
 from pipeline.errors import InputError
-from pipeline.store import as_str, check_aligned, open_store, split_group
+from pipeline.store import check_aligned, open_store, read_rows, reading, split_group
 
 EPS = 1e-11
 CLAMP = 6.0
@@ -74,16 +74,18 @@ def denormalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
 
 
 def _read(group: zarr.Group, name: str, where: str, progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
-    """Read a whole array a shard at a time (one request per shard file, not per slice)."""
+    """Read a whole array a shard at a time (one request per shard file, not per slice); a damaged
+    shard (checksum mismatch, bad index) is an InputError naming the store, array and shard."""
     if name not in group:
         raise InputError(f"{where}: has no '{name}' array")
     arr = group[name]
     step = (arr.shards or arr.chunks)[0] if arr.ndim else 1
     if arr.ndim == 0 or arr.shape[0] == 0:
-        return arr[...]
+        return read_rows(arr)
     out = np.empty(arr.shape, dtype=arr.dtype if arr.dtype.kind not in "OTU" else object)
     for start in range(0, arr.shape[0], step):
-        out[start:start + step] = arr[start:start + step]
+        with reading(arr, start):
+            out[start:start + step] = arr[start:start + step]
         if progress:
             progress(min(step, arr.shape[0] - start))
     return out
@@ -92,6 +94,35 @@ def _read(group: zarr.Group, name: str, where: str, progress: Optional[Callable[
 def _finite(x: np.ndarray, what: str) -> None:
     if not np.isfinite(x).all():
         raise InputError(f"{what}: contains NaN or Inf")
+
+
+def _check_stats(image: np.ndarray, target: np.ndarray, mean: np.ndarray, std: np.ndarray, volume: np.ndarray,
+                 slices: str, undersampled: str) -> None:
+    """Sanity of the normalisation statistics and of the slices against one another: a damaged
+    or zeroed chunk shows as std 0, stats that are not the image's own, or a blank target slice
+    whose zero-filled input has signal."""
+    def row(i: int) -> str:
+        return f"row {i} ({volume[i]})"
+
+    bad = np.flatnonzero(~(std > 0))
+    if bad.size:
+        raise InputError(f"{undersampled} std: {bad.size} slice(s) with std {std[bad[0]]:g}, first {row(bad[0])}; "
+                         f"the store is damaged, rebuild it")
+    own_mean, own_std = np.empty(len(image), np.float32), np.empty(len(image), np.float32)
+    for a in range(0, len(image), 256):  # blocks bound the temporary; float32 (pairwise sums) is ~1e-6 exact
+        flat = image[a:a + 256].reshape(len(image[a:a + 256]), -1)
+        own_mean[a:a + 256], own_std[a:a + 256] = flat.mean(axis=1), flat.std(axis=1, ddof=1)
+    off = np.flatnonzero((np.abs(own_std - std) > 1e-3 * std)
+                         | (np.abs(own_mean - mean) > 1e-3 * std))
+    if off.size:
+        i = off[0]
+        raise InputError(f"{undersampled} mean/std: {off.size} slice(s) whose stored mean/std "
+                         f"({mean[i]:.4g}/{std[i]:.4g}) are not the image's own ({own_mean[i]:.4g}/"
+                         f"{own_std[i]:.4g}), first {row(i)}; the store is damaged, rebuild it")
+    blank = np.flatnonzero(~target.any(axis=(1, 2)))
+    if blank.size:
+        raise InputError(f"{slices} target: {blank.size} all-zero slice(s) where the zero-filled image has "
+                         f"signal, first {row(blank[0])}; the store is damaged, rebuild it")
 
 
 def load_split(slices: Path | str, undersampled: Path | str, heatmaps: Path | str | None, split: str, *,
@@ -107,7 +138,7 @@ def load_split(slices: Path | str, undersampled: Path | str, heatmaps: Path | st
         h = split_group(open_store(heatmaps, kind="heatmaps"), split, heatmaps)
         check_aligned(s, h, f"{heatmaps} [{split}]")
 
-    volume = as_str(s["volume"][:])
+    volume = read_rows(s["volume"])
     n = len(volume)
     if n == 0:
         raise InputError(f"{slices} [{split}]: split has no slices")
@@ -126,6 +157,7 @@ def load_split(slices: Path | str, undersampled: Path | str, heatmaps: Path | st
     _finite(std, f"{undersampled} [{split}] std")
     if (std < 0).any():
         raise InputError(f"{undersampled} [{split}] std: negative values")
+    _check_stats(image, target, mean, std, volume, f"{slices} [{split}]", f"{undersampled} [{split}]")
 
     heat = None
     if h is not None:
@@ -141,7 +173,7 @@ def load_split(slices: Path | str, undersampled: Path | str, heatmaps: Path | st
 
     mean_t, std_t = torch.from_numpy(mean), torch.from_numpy(std)
     data = SplitData(
-        split=split, volume=volume, slice=np.asarray(s["slice"][:], dtype=np.int32),
+        split=split, volume=volume, slice=np.asarray(read_rows(s["slice"]), dtype=np.int32),
         image=normalize(torch.from_numpy(image), mean_t, std_t).unsqueeze(1).contiguous(),
         target=normalize(torch.from_numpy(target), mean_t, std_t).unsqueeze(1).contiguous(),
         mean=mean_t, std=std_t, heatmap=heat,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from typing import Callable
 
+import click
 import typer
 
 from pipeline.errors import InputError
@@ -29,6 +29,14 @@ def stage(func: Callable) -> Callable:
         except InputError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:
+            line = environment_error(exc)
+            if line is None:
+                raise
+            typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(1)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
@@ -36,5 +44,24 @@ def stage(func: Callable) -> Callable:
     return wrapper
 
 
-def progress_enabled() -> bool:
-    return sys.stderr.isatty() or os.environ.get("ROIRECON_PROGRESS") == "1"
+_BUGS = (AssertionError, AttributeError, IndexError, KeyError, NameError, TypeError,
+         click.exceptions.ClickException)
+
+
+def environment_error(exc: BaseException) -> str | None:
+    """One line for a failure of the machine rather than of the code: an OSError (full disk,
+    read-only or forbidden output, ...) naming its path and cause, or a file that is not UTF-8.
+    Libraries often re-raise these wrapped, so the chain of causes is searched. None otherwise."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, _BUGS):  # a bug met while handling an OSError is still a bug
+            return None
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            cause = exc.strerror or os.strerror(exc.errno)
+            where = exc.filename if exc.filename is not None else "(path not reported)"
+            return f"{where}: {cause}"
+        if isinstance(exc, UnicodeDecodeError):
+            return f"a file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        exc = exc.__cause__ or exc.__context__
+    return None

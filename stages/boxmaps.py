@@ -8,8 +8,6 @@ import typer
 
 from pipeline.errors import InputError
 from stages.app import PARAMS_OPTION, app, stage
-from stages.progress import bar
-from stages.settings import load_params
 
 
 @app.command("boxmaps")
@@ -20,10 +18,18 @@ def boxmaps_cmd(
     out: Path = typer.Option(Path("data/boxmaps.zarr"), help="box-map store to write"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Oracle ROI maps. Reads: data/slices.zarr, data.annotations. Writes: data/boxmaps.zarr (1 inside
-    each slice's boxes, else 0; the heatmaps store's layout). Params: data.annotations, data.annotation_frame."""
+    """Oracle ROI maps: the ground-truth boxes as 0/1 maps.
+
+    Reads: data/slices.zarr, data.annotations.
+
+    Writes: data/boxmaps.zarr (1 inside each slice's boxes, else 0; the heatmaps store's layout).
+
+    Params: data.annotations, data.annotation_frame."""
+    # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.box_maps import write_box_maps
     from pipeline.store import atomic_path, open_store
+    from stages.progress import bar
+    from stages.settings import load_params
 
     p = load_params(params)
     ann = annotations or (Path(p.data.annotations) if p.data.annotations else None)

@@ -7,9 +7,6 @@ from typing import Optional
 import typer
 
 from stages.app import PARAMS_OPTION, app, stage
-from stages.progress import bar
-from stages.settings import load_params
-from stages.summary import metrics_table
 
 
 @app.command("evaluate")
@@ -28,20 +25,31 @@ def evaluate_cmd(
     error_maps: Path = typer.Option(Path("reports/error_maps"), help="directory for the error-map PNGs"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Evaluate on evaluate.split (test for the final numbers, val for tuning). Reads: the three
-    stores, the ROI boxes, models/unet/<variant>_s<seed>.pt for baseline, weighted and oracle and
-    every seed in unet.seeds. Writes: data/reconstructions.zarr, reports/metrics.json,
-    reports/evaluation.json, reports/per_volume.csv, reports/figures/*.png, reports/error_maps/*.png.
-    Params: evaluate.*, unet.seeds, data.annotations, data.annotation_frame. Metrics are fastMRI's
-    (per volume, then mean), whole image and inside the ROI boxes; comparisons are paired by volume
-    (seeds averaged), with a BCa bootstrap interval and a Wilcoxon p-value (pipeline/stats.py)."""
-    # heavy imports here, not at module level: `roirecon <other stage>` should not pay for them
+    """Score zero-filled and all U-Nets: metrics, tests, figures.
+
+    Runs on evaluate.split (test for the final numbers, val for tuning). Metrics are fastMRI's (per volume,
+    then mean), whole image and inside the ROI boxes; comparisons are paired by volume (seeds averaged),
+    with a BCa bootstrap interval and a Wilcoxon p-value (pipeline/stats.py).
+
+    Reads: the three stores, the ROI boxes, models/unet/<variant>_s<seed>.pt for baseline, weighted and
+    oracle and every seed in unet.seeds.
+
+    Writes: data/reconstructions.zarr, reports/metrics.json, reports/evaluation.json,
+    reports/per_volume.csv, reports/figures/*.png, reports/error_maps/*.png.
+
+    Params: evaluate.*, unet.seeds and the unet.* widths (a checkpoint of other widths is refused),
+    data.annotations, data.annotation_frame."""
+    # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.evaluation import (annotation_boxes, evaluate, model_runs, per_volume_table,
                                      reconstructions_writer, roi_masks, summarize, write_per_volume)
     from pipeline.reports import write_json
     from pipeline.figures import choose_slices
+    from pipeline.models.registry import model_config
     from pipeline.report_figures import write_figures
     from pipeline.unet_data import load_split
+    from stages.progress import bar
+    from stages.settings import load_params
+    from stages.summary import metrics_table
 
     p = load_params(params)
     e = p.evaluate
@@ -53,7 +61,9 @@ def evaluate_cmd(
     rows = choose_slices(data.volume, data.slice, roi_area, e.n_figures)
     with reconstructions_writer(out, data, {"seeds": list(p.unet.seeds)}) as write, \
             bar(len(runs) + 1, f"evaluate {e.split}", unit="run") as update:
-        ev = evaluate(data, runs, boxes, e.device, keep_rows=rows, on_recon=write, progress=update)
+        u = p.unet
+        ev = evaluate(data, runs, boxes, e.device, keep_rows=rows, on_recon=write, progress=update,
+                      expected_model=model_config(u.arch, u.chans, u.num_pool_layers, u.drop_prob, u.residual))
     table = per_volume_table(ev.per_volume)
     tracked, info = summarize(table, e.bootstrap_resamples)
     info["ms_per_slice"] = ev.ms_per_slice

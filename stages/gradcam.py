@@ -5,20 +5,9 @@ import contextlib
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
-import zarr
 
-from pipeline.figures_gradcam import overlay_png, pick_evenly
-from pipeline.gradcam import (GradCAMSpec, annotated_slices, check_layer, check_slices_split,
-                              write_heatmaps)
-from pipeline.models.mrnet import load_mrnet
-from pipeline.reports import write_json
-from pipeline.roi_scores import score_slices, split_boxes
-from pipeline.store import SPLITS, atomic_path, open_store, split_group
 from stages.app import PARAMS_OPTION, app, stage
-from stages.progress import bar
-from stages.settings import load_params
 
 SCORED_SPLIT = "test"
 
@@ -34,10 +23,28 @@ def gradcam_cmd(
     overlays: Path = typer.Option(Path("reports/gradcam"), help="directory for overlay PNGs"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Grad-CAM ROI maps. Reads: data/slices.zarr, models/mrnet.pt, data.annotations. Writes:
-    data/heatmaps.zarr (heatmap in [0, 1] per slice, aligned with the slices store),
-    reports/gradcam.json (pointing game, energy in box on annotated test slices),
-    reports/gradcam/*.png. Params: gradcam.*, data.annotations, data.annotation_frame."""
+    """Grad-CAM ROI heatmaps per slice, scored against the boxes.
+
+    Reads: data/slices.zarr, models/mrnet.pt, data.annotations.
+
+    Writes: data/heatmaps.zarr (heatmap in [0, 1] per slice, aligned with the slices store),
+    reports/gradcam.json (pointing game, energy in box on annotated test slices), reports/gradcam/*.png.
+
+    Params: gradcam.*, data.annotations, data.annotation_frame."""
+    # heavy imports here, not at module level: `roirecon --help` should not pay for them
+    import numpy as np
+    import zarr
+
+    from pipeline.figures_gradcam import overlay_png, pick_evenly
+    from pipeline.gradcam import (GradCAMSpec, annotated_slices, check_layer, check_slices_split,
+                                  write_heatmaps)
+    from pipeline.models.mrnet import load_mrnet
+    from pipeline.reports import write_json
+    from pipeline.roi_scores import score_slices, split_boxes
+    from pipeline.store import SPLITS, atomic_path, open_store, split_group
+    from stages.progress import bar
+    from stages.settings import load_params
+
     p = load_params(params)
     g = p.gradcam
     spec = GradCAMSpec(layer=g.layer, smooth_sigma=g.smooth_sigma)
@@ -68,7 +75,8 @@ def gradcam_cmd(
         tmp_fig.mkdir(parents=True)
         for r, name, k, b, labels in pick_evenly(rows, g.n_overlays):
             overlay_png(tmp_fig / f"{Path(name).stem}_s{k:03d}.png", np.asarray(test["target"][r]),
-                        np.asarray(maps[r]), b, labels, f"{name} slice {k} ({SCORED_SPLIT})")
+                        np.asarray(maps[r]), b, labels,
+                        f"MRNet Grad-CAM, {name} slice {k} ({SCORED_SPLIT} split)")
         write_json(metrics, report)
     pg = scores["pointing_game"]
     typer.echo(f"gradcam: {out} ({', '.join(f'{s} {n}' for s, n in counts.items())} slices); "

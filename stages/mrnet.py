@@ -7,15 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.io.classifier import list_splits
-from pipeline.models.mrnet import save_mrnet
-from pipeline.reports import write_json
-from pipeline.store import atomic_path
-from pipeline.training.logging import live_logger
-from pipeline.training.mrnet import MRNetTrainConfig, progress_units, train_mrnet
 from stages.app import PARAMS_OPTION, app, stage
-from stages.progress import bar
-from stages.settings import load_params
 
 
 @app.command("train-mrnet")
@@ -27,9 +19,24 @@ def train_mrnet_cmd(
     live: Optional[Path] = typer.Option(Path("reports/live/mrnet"), help="dvclive directory for the curves"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Train MRNet. Reads: mrnet.data_dir (synthetic exams, MRNet-v1.0 or KneeMRI, mrnet.source).
-    Writes: models/mrnet.pt (state dict + config), reports/mrnet.json (test AUC, accuracy,
-    sensitivity, specificity on the `valid` split), per-epoch curves under --live. Params: seed, mrnet.*."""
+    """Train MRNet, the classifier whose Grad-CAM marks the ROIs.
+
+    Reads: mrnet.data_dir (synthetic exams, MRNet-v1.0 or KneeMRI, see mrnet.source).
+
+    Writes: models/mrnet.pt (state dict + config), reports/mrnet.json (test AUC, accuracy, sensitivity,
+    specificity on the `valid` split), per-epoch curves under --live.
+
+    Params: seed, mrnet.*."""
+    # heavy imports here, not at module level: `roirecon --help` should not pay for them
+    from pipeline.io.classifier import list_splits
+    from pipeline.models.mrnet import save_mrnet
+    from pipeline.reports import write_json
+    from pipeline.store import atomic_path
+    from pipeline.training.logging import live_logger
+    from pipeline.training.mrnet import MRNetTrainConfig, progress_units, train_mrnet
+    from stages.progress import bar
+    from stages.settings import load_params
+
     p = load_params(params)
     m = p.mrnet
     root = data_dir or Path(m.data_dir)

@@ -1,21 +1,95 @@
-"""Progress bars for stages (tqdm on stderr; quiet when stderr is not a terminal)."""
+"""Progress of long stages on stderr: a tqdm bar on a terminal, plain lines in a log.
+
+- stderr is a terminal (or ROIRECON_PROGRESS=1): a tqdm bar, redrawn in place.
+- stderr is not a terminal (`dvc repro 2>&1 | tee log`, CI, `dvc exp run --queue`): one plain line
+  every INTERVAL_S seconds, e.g. `train-unet baseline seed 0 2/5: 34/88 steps (39%), 12 s, ~19 s left`,
+  and a last line when such a task ends; tasks shorter than INTERVAL_S print nothing. tqdm would
+  write carriage returns there, which a log shows as one endless line.
+- ROIRECON_PROGRESS=0: nothing (the tests set it).
+"""
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
-from typing import Callable, Iterator
+import time
+from typing import Callable, Iterator, Optional, TextIO
 
-from tqdm import tqdm
+INTERVAL_S = 5.0  # seconds between two plain progress lines
+
+
+def mode() -> str:
+    """'off', 'bar' (tqdm) or 'lines' (plain lines), from ROIRECON_PROGRESS and whether stderr is a tty."""
+    value = os.environ.get("ROIRECON_PROGRESS")
+    if value == "0":
+        return "off"
+    if value == "1":
+        return "bar"
+    return "bar" if _isatty(sys.stderr) else "lines"
 
 
 def enabled() -> bool:
-    if os.environ.get("ROIRECON_PROGRESS") in ("0", "1"):
-        return os.environ["ROIRECON_PROGRESS"] == "1"
-    return sys.stderr.isatty()
+    return mode() != "off"
 
 
 @contextlib.contextmanager
-def bar(total: int, desc: str, unit: str = "slice") -> Iterator[Callable[[int], None]]:
-    with tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), dynamic_ncols=True) as t:
-        yield t.update
+def bar(total: int, desc: str, unit: str = "slice",
+        interval: Optional[float] = None) -> Iterator[Callable[[int], None]]:
+    """Yield `update(n)`, to be called as `n` more of `total` units are done."""
+    how = mode()
+    if how == "bar":
+        from tqdm import tqdm  # imported here: `roirecon --help` does not need it
+
+        with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) as t:
+            yield t.update
+    elif how == "lines":
+        lines = _Lines(total, desc, unit, sys.stderr, INTERVAL_S if interval is None else interval)
+        try:
+            yield lines.update
+        finally:
+            lines.close()
+    else:
+        yield lambda n=1: None
+
+
+class _Lines:
+    """A progress report as plain lines, at most one per `interval` seconds (no carriage returns)."""
+
+    def __init__(self, total: int, desc: str, unit: str, file: TextIO, interval: float) -> None:
+        self.total, self.desc, self.file, self.interval = total, desc, file, interval
+        self.units = unit if total == 1 else f"{unit}s"
+        self.n = 0
+        self.printed = False
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._print(now)
+
+    def close(self) -> None:
+        if self.printed:  # a task long enough to report also reports its end
+            self._print(time.monotonic())
+
+    def _print(self, now: float) -> None:
+        elapsed = now - self.start
+        text = f"{self.desc}: {self.n}/{self.total} {self.units}"
+        if self.total > 0:
+            text += f" ({100 * self.n // self.total}%)"
+        text += f", {elapsed:.0f} s"
+        if 0 < self.n < self.total:
+            text += f", ~{elapsed * (self.total - self.n) / self.n:.0f} s left"
+        try:
+            print(text, file=self.file, flush=True)
+        except (OSError, ValueError):  # stderr closed or gone (a closed pipe): progress is optional
+            return
+        self.printed = True
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False

@@ -6,11 +6,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.parallel import worker_count
-from pipeline.slice_stores import MaskSpec, build_slices_store, build_undersampled_store, scan
 from stages.app import PARAMS_OPTION, app, stage
-from stages.progress import bar
-from stages.settings import load_params
 
 RAW_HELP = "fastMRI root with {train,val,test}/*.h5 (default: data.raw_dir)"
 
@@ -22,8 +18,19 @@ def prepare_cmd(
     out: Path = typer.Option(Path("data/slices.zarr"), help="slices store to write"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Fully sampled targets. Reads: data.raw_dir (fastMRI h5). Writes: data/slices.zarr
-    (volume, slice, target, max_value per split). Params: data.*."""
+    """Fully sampled target slices from the fastMRI files.
+
+    Reads: data.raw_dir (fastMRI h5).
+
+    Writes: data/slices.zarr (volume, slice, target, max_value per split).
+
+    Params: data.*."""
+    # heavy imports here, not at module level: `roirecon --help` should not pay for them
+    from pipeline.parallel import worker_count
+    from pipeline.slice_stores import build_slices_store, scan
+    from stages.progress import bar
+    from stages.settings import load_params
+
     p = load_params(params)
     raw = raw_dir or Path(p.data.raw_dir)
     scans = scan(raw, p.data.challenge, p.data.crop)
@@ -41,8 +48,19 @@ def undersample_cmd(
     out: Path = typer.Option(Path("data/undersampled.zarr"), help="undersampled store to write"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Zero-filled inputs under fastMRI masks. Reads: data.raw_dir (fastMRI h5). Writes:
-    data/undersampled.zarr (image, mean, std, mask per split). Params: data.*, mask.*."""
+    """Zero-filled inputs: the k-space under a fastMRI mask.
+
+    Reads: data.raw_dir (fastMRI h5).
+
+    Writes: data/undersampled.zarr (image, mean, std, mask per split).
+
+    Params: data.*, mask.*."""
+    # heavy imports here, not at module level: `roirecon --help` should not pay for them
+    from pipeline.parallel import worker_count
+    from pipeline.slice_stores import MaskSpec, build_undersampled_store, scan
+    from stages.progress import bar
+    from stages.settings import load_params
+
     p = load_params(params)
     raw = raw_dir or Path(p.data.raw_dir)
     m = p.mask

@@ -18,7 +18,11 @@ def summary_cmd(
     metrics: Path = typer.Option(Path("reports/metrics.json"), help="evaluate's metrics (JSON)"),
     reports: Path = typer.Option(Path("reports"), help="reports directory"),
 ) -> None:
-    """Print where the metrics, plots and pictures are, and a table of reports/metrics.json."""
+    """Where the results are, and the metrics as a table.
+
+    Reads: reports/metrics.json, reports/evaluation.json, reports/.
+
+    Writes: nothing."""
     if not metrics.is_file():
         raise InputError(f"{metrics}: no metrics yet (run `dvc repro` first)")
     try:

@@ -5,11 +5,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.store import atomic_path
-from pipeline.synthetic import SyntheticSpec, synthesize
 from stages.app import PARAMS_OPTION, app, stage
-from stages.progress import bar
-from stages.settings import load_params
 
 
 @app.command("synthesize")
@@ -18,9 +14,20 @@ def synthesize_cmd(
     out: Path = typer.Option(Path("data/synthetic"), help="output root"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Write the synthetic dataset. Reads: nothing. Writes: OUT/fastmri/{train,val,test}/file*.h5
-    (fastMRI knee format), OUT/annotations.csv (fastMRI+ boxes), OUT/mrnet/ (MRNet-v1.0 exams).
+    """Synthetic fastMRI volumes, fastMRI+ boxes and MRNet exams.
+
+    Reads: nothing.
+
+    Writes: OUT/fastmri/{train,val,test}/file*.h5 (fastMRI knee format), OUT/annotations.csv (fastMRI+ boxes),
+    OUT/mrnet/ (MRNet-v1.0 exams).
+
     Params: seed, synthetic.*."""
+    # heavy imports here, not at module level: `roirecon --help` should not pay for them
+    from pipeline.store import atomic_path
+    from pipeline.synthetic import SyntheticSpec, synthesize
+    from stages.progress import bar
+    from stages.settings import load_params
+
     p = load_params(params)
     s = p.synthetic
     spec = SyntheticSpec(volumes=dict(s.volumes), slices=s.slices, recon_size=s.recon_size, coils=s.coils,

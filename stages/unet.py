@@ -10,8 +10,6 @@ import typer
 
 from pipeline.errors import InputError
 from stages.app import PARAMS_OPTION, app, stage
-from stages.progress import bar
-from stages.settings import load_params
 
 
 @app.command("train-unet")
@@ -29,17 +27,24 @@ def train_unet_cmd(
         None, help="resume checkpoints, kept outside DVC outs (default .roirecon/checkpoints/<variant>_s<seed>)"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Train a U-Net on the train split, validate on val each epoch, keep the best weights.
+    """Train one U-Net (variant x seed), keep the best epoch.
+
+    Trains on the train split and validates on val each epoch; resumes an interrupted run with the same
+    config from --checkpoint-dir; runs under torchrun (DDP).
+
     Reads: the slices and undersampled stores, and for weighted/oracle the ROI map store.
-    Writes: models/unet/<variant>_s<seed>.pt (state dict + config with the per-epoch history) and
-    per-epoch curves under --live. Params: unet.* (not unet.seeds), loss.kind, loss.ssim_weight,
-    and loss.roi_weight for weighted/oracle. Resumes an interrupted run with the same config from
-    --checkpoint-dir. Runs under torchrun (DDP)."""
-    # heavy imports here, not at module level: `roirecon <other stage>` should not pay for them
+
+    Writes: models/unet/<variant>_s<seed>.pt (state dict + config with the per-epoch history),
+    per-epoch curves under --live.
+
+    Params: unet.* (not unet.seeds), loss.kind, loss.ssim_weight, loss.roi_weight (weighted/oracle)."""
+    # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.models.registry import model_config
     from pipeline.training.logging import live_logger
     from pipeline.training.unet import CURVE_KEYS, ROI_VARIANTS, TrainConfig, is_main_process, train_unet
     from pipeline.unet_data import load_split
+    from stages.progress import bar
+    from stages.settings import load_params
 
     p = load_params(params)
     u, lo = p.unet, p.loss

@@ -222,11 +222,18 @@ def test_summary(evaluated, tmp_path):
 def test_bad_inputs(setup, tmp_path):
     # a checkpoint whose weights belong to another architecture
     models = shutil.copytree(setup / "models", tmp_path / "models")
-    torch.save({"state_dict": SeedUnet().state_dict(),
-                "config": {"kind": "unet", "model": model_config("fastmri", 4, 2, 0.0, True), "variant": "weighted"}},
-               models / "weighted_s1.pt")
+    cfg = {"kind": "unet", "model": model_config("fastmri", 4, 2, 0.0, True), "variant": "weighted", "history": [{}]}
+    torch.save({"state_dict": SeedUnet().state_dict(), "config": cfg}, models / "weighted_s1.pt")
     r = _evaluate(setup, tmp_path / "o1", models=models)
     assert r.exit_code == 1 and "weighted_s1.pt" in r.output and "do not fit the architecture" in r.output
+    # never trained, or trained with other widths than params.yaml's unet.*
+    torch.save({"state_dict": SeedUnet().state_dict(), "config": {**cfg, "history": []}}, models / "weighted_s1.pt")
+    r = _evaluate(setup, tmp_path / "o6", models=models)
+    assert r.exit_code == 1 and "weighted_s1.pt: the checkpoint records no training epoch" in r.output
+    torch.save({"state_dict": SeedUnet().state_dict(),
+                "config": {**cfg, "model": model_config("fastmri", 8, 2, 0.0, True)}}, models / "weighted_s1.pt")
+    r = _evaluate(setup, tmp_path / "o7", models=models)
+    assert r.exit_code == 1 and "differs from unet.* in params.yaml" in r.output
     (models / "weighted_s1.pt").unlink()
     r = _evaluate(setup, tmp_path / "o2", models=models)
     assert r.exit_code == 1 and "weighted_s1.pt: checkpoint not found" in r.output
@@ -239,5 +246,5 @@ def test_bad_inputs(setup, tmp_path):
     assert r.exit_code == 1 and "order differs from the slices store" in r.output
     r = _evaluate(setup, tmp_path / "o4", annotations=tmp_path / "none.csv")
     assert r.exit_code == 1 and "annotations file not found" in r.output
-    for o in ("o1", "o2", "o3", "o4", "o5"):
+    for o in ("o1", "o2", "o3", "o4", "o5", "o6", "o7"):
         assert not (tmp_path / o / "metrics.json").exists() and not (tmp_path / o / "reconstructions.zarr").exists()

@@ -15,6 +15,7 @@ from pipeline.gradcam import (GradCAMSpec, as_str, build_heatmaps_store, explain
                               volume_heatmaps)
 from pipeline.models.mrnet import MRNet, load_mrnet, prepare_volume, save_mrnet
 from pipeline.roi_scores import crop_boxes, energy_in_boxes, pointing_hit, score_slices, slice_boxes
+from pipeline.store import finish_store
 from tests.helpers import run_cli, write_params
 
 
@@ -253,6 +254,7 @@ def test_gradcam_stage_bad_inputs(tiny_data, model_file, tmp_path):
             g.create_array("slice", data=np.arange(n, dtype=np.int32))
             shape = (n, 64) if case == "rank" else (n, 64, 64)
             g.create_array("target", data=np.ones(shape, np.float32))
+        finish_store(root)
         res = _gradcam(bad, model_file, d)
         assert res.exit_code == 1, res.output
         expected = "target must have rank 3" if case == "rank" else "split 'val' is empty"

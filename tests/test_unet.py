@@ -18,7 +18,7 @@ from fastmri.data import transforms as fm_transforms
 from pipeline.errors import InputError
 from pipeline.models.registry import build_unet, count_parameters, load_unet, model_config, save_unet
 from pipeline.models.unet_seed import SeedUnet
-from pipeline.store import SPLITS, ShardedWriter, atomic_path, open_store
+from pipeline.store import SPLITS, ShardedWriter, atomic_path, finish_store, open_store
 from pipeline.training.unet import TrainConfig, train_unet
 from pipeline.store import as_str
 from pipeline.unet_data import load_split
@@ -54,6 +54,7 @@ def fake_heatmaps(slices: Path, out: Path, *, order=None, drop_last: bool = Fals
                                                                   "heatmap": ((c, c), "float32")})
             w.append(volume=vol[idx], slice=sl[idx], heatmap=heat[idx])
             w.close()
+        finish_store(g)
     return out
 
 

@@ -59,17 +59,29 @@ def read_annotations(path: Path | str, frame_height: int = 320) -> pd.DataFrame:
     Returns the CSV columns (`slice,x,y,width,height` as nullable integers, `file` without `.h5`,
     `label` stripped of surrounding blanks; real knee.csv has e.g. "Joint Effusion ") plus native
     `row0,col0,height,width` in a recon frame of height `frame_height`: `row0 = H - y - height`,
-    `col0 = x`. Study-level rows (empty slice/box) keep `<NA>` in the numeric columns.
+    `col0 = x`, and `line`, the row's line number in the file (for messages). Study-level rows
+    (empty slice/box) keep `<NA>` in the numeric columns. An empty or header-only file is an
+    InputError; which rows fit which volume is checked against the data (`check_rows`).
     """
     path = Path(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        # blank lines are kept (then dropped) so that `line` is the row's line number in the file
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty annotations file (expected the header {','.join(COLUMNS)} "
+                         f"and one row per box)") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except (OSError, pd.errors.ParserError) as e:
         raise InputError(f"{path}: cannot read annotations ({e})") from None
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise InputError(f"{path}: annotation CSV lacks columns {missing}")
     df = df[list(COLUMNS)].copy()
+    df.insert(0, "line", df.index + 2)
+    df = df[(df[list(COLUMNS)].apply(lambda col: col.str.strip()) != "").any(axis=1)].reset_index(drop=True)
+    if df.empty:
+        raise InputError(f"{path}: no annotation rows, only the header")
     df["file"] = df["file"].str.strip().str.replace(r"\.h5$", "", regex=True)
     df["study_level"] = df["study_level"].str.strip()
     df["label"] = df["label"].str.strip()
@@ -79,7 +91,7 @@ def read_annotations(path: Path | str, frame_height: int = 320) -> pd.DataFrame:
         bad = num.isna() & vals.notna()
         if bad.any():
             i = int(bad.idxmax())
-            raise InputError(f"{path}: row {i + 2}: column {c!r} is not a number: {df[c][i]!r}")
+            raise InputError(f"{path}: line {df['line'][i]}: column {c!r} is not a number: {df[c][i]!r}")
         df[c] = num.round().astype("Int64")
     df["row0"] = (int(frame_height) - df["y"] - df["height"]).astype("Int64")
     df["col0"] = df["x"].astype("Int64")
@@ -94,10 +106,10 @@ def recon_frames(slices_path: Path | str, split: str, frame: int | None = None,
     was built from (its `raw_dir` and `challenge` attrs). `param` names the setting to suggest
     when a file cannot be found."""
     from pipeline.io.fastmri import FastMRIFile
-    from pipeline.store import as_str, open_store, split_group
+    from pipeline.store import open_store, read_rows, split_group
 
     slices = open_store(slices_path, kind="slices")
-    names = sorted(set(as_str(split_group(slices, split, slices_path)["volume"][:])))
+    names = sorted(set(read_rows(split_group(slices, split, slices_path)["volume"]).tolist()))
     if frame is not None:
         return {n: (frame, frame) for n in names}
     recorded = dict(slices.attrs.get("recon_frames", {})).get(split, {})
@@ -113,3 +125,63 @@ def recon_frames(slices_path: Path | str, split: str, frame: int | None = None,
         with FastMRIFile(path, str(challenge)) as f:
             frames[n] = tuple(int(v) for v in f.info.target_shape)
     return frames
+
+
+def store_volumes(slices_path: Path | str) -> dict[str, dict[str, int]]:
+    """{split: {volume file name: number of slices}} of every split of a slices store."""
+    import numpy as np
+
+    from pipeline.store import SPLITS, open_store, read_rows
+
+    slices = open_store(slices_path, kind="slices")
+    out: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        if split not in slices:
+            continue
+        names = read_rows(slices[split]["volume"])
+        idx = np.asarray(read_rows(slices[split]["slice"]))
+        depth: dict[str, int] = {}
+        for n, k in zip(names.tolist(), idx.tolist()):
+            depth[n] = max(depth.get(n, 0), int(k) + 1)
+        out[split] = depth
+    return out
+
+
+def check_rows(annotations: pd.DataFrame, path: Path | str, volumes: Mapping[str, Mapping[str, int]],
+               frames: Mapping[str, tuple[int, int]]) -> tuple[int, int]:
+    """Refuse slice-level rows that point nowhere in a volume the data holds.
+
+    `volumes`: {split: {file name: slices}} (see `store_volumes`); `frames`: {file name: recon
+    frame (H, W)} of the volumes whose boxes are about to be used. A slice-level row of a known
+    volume must name a slice inside it and a box of positive size with x, y >= 0, and, when its
+    volume is in `frames`, lying inside that frame; anything else is an InputError naming the
+    CSV line. Rows naming a volume in none of the splits are allowed (fastMRI+ knee.csv covers
+    files one may not have) and counted: returns (rows, files) of those.
+    """
+    path = Path(path)
+    depth = {(n[:-3] if n.endswith(".h5") else n): k for split in volumes.values() for n, k in split.items()}
+    frame_of = {(n[:-3] if n.endswith(".h5") else n): f for n, f in frames.items()}
+    slice_level = annotations[annotations["study_level"] != "Yes"]
+    known = slice_level["file"].isin(list(depth))
+    unknown = slice_level[~known]
+    line = annotations["line"] if "line" in annotations.columns else pd.Series(annotations.index + 2,
+                                                                               index=annotations.index)
+    for r in slice_level[known].itertuples():
+        where = f"{path}: line {line[r.Index]} ({r.file}, slice {r.slice})"
+        geom = (r.slice, r.x, r.y, r.width, r.height)
+        if any(pd.isna(v) for v in geom):
+            raise InputError(f"{where}: a slice-level row (study_level {r.study_level!r}) needs slice, x, y, "
+                             f"width and height")
+        n = depth[r.file]
+        if not 0 <= r.slice < n:
+            raise InputError(f"{where}: slice {r.slice} is outside the volume (slices 0..{n - 1})")
+        if r.width <= 0 or r.height <= 0:
+            raise InputError(f"{where}: box of size {r.width}x{r.height}; width and height must be >= 1")
+        if r.x < 0 or r.y < 0:
+            raise InputError(f"{where}: box at x={r.x}, y={r.y}; both must be >= 0")
+        if r.file in frame_of:
+            H, W = frame_of[r.file]
+            if r.x + r.width > W or r.y + r.height > H:
+                raise InputError(f"{where}: box x={r.x}, y={r.y}, {r.width}x{r.height} reaches outside the "
+                                 f"{H}x{W} recon frame")
+    return len(unknown), int(unknown["file"].nunique())

@@ -6,6 +6,7 @@ says by itself which architecture it holds; a state dict that does not fit it is
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,15 @@ def save_unet(path: Path | str, model: nn.Module | dict[str, torch.Tensor], conf
     state = model if isinstance(model, dict) else plain_state_dict(model)
     config = {"kind": KIND, **config}
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "config": config}, tmp)
+        # through a Python file object: a full disk or a forbidden directory is then an OSError
+        # naming the file (torch's own writer turns it into a RuntimeError without the cause)
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save({"state_dict": state, "config": config}, fh)
+        except OSError as exc:
+            if exc.filename is None and exc.errno is not None:
+                raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+            raise
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -105,10 +114,16 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: st
         raise InputError(f"{where}: weights do not fit the architecture ({'; '.join(parts)})")
 
 
-def load_unet(path: Path | str, expected_model: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_unet(path: Path | str, expected_model: dict[str, Any] | None = None, *,
+              expected_label: str = "the expected", require_trained: bool = False
+              ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network a checkpoint describes and load its weights (on CPU, eval mode).
 
-    `expected_model`: if given, the checkpoint's `config["model"]` must equal it.
+    `expected_model`: if given, the checkpoint's `config["model"]` must equal it (e.g.
+    `model_config(**unet params)`, `expected_label="unet.* in params.yaml"`): a checkpoint trained
+    with other widths is refused instead of evaluated as if it were the configured model.
+    `require_trained`: refuse a checkpoint whose config records no training epoch (`history`),
+    such as weights saved straight after initialisation.
     """
     path = Path(path)
     ckpt = read_checkpoint(path)
@@ -117,8 +132,11 @@ def load_unet(path: Path | str, expected_model: dict[str, Any] | None = None) ->
         raise InputError(f"{path}: not a U-Net checkpoint (config kind {config.get('kind')!r})")
     cfg = config["model"]
     if expected_model is not None and cfg != expected_model:
-        raise InputError(f"{path}: checkpoint architecture {_describe(cfg)} differs from the expected "
+        raise InputError(f"{path}: checkpoint architecture {_describe(cfg)} differs from {expected_label} "
                          f"{_describe(expected_model)}")
+    if require_trained and not (isinstance(config.get("history"), list) and config["history"]):
+        raise InputError(f"{path}: the checkpoint records no training epoch (no 'history' in its config); "
+                         f"run train-unet to produce it")
     try:
         model = build_unet(cfg)
     except (KeyError, TypeError) as exc:

@@ -1,6 +1,8 @@
 """Reading torch files (our checkpoints, a user's pretrained weights) with one clear error."""
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,22 @@ def read_torch_file(path: Path | str, *, missing: str, unreadable: str, label: s
         raise InputError(f"{label}: {missing}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise InputError(f"{label}: {unreadable} ({first_line(exc)})") from None
+        # torch's own message advises loading with weights_only=False, i.e. running whatever code
+        # the file carries: never quote that for a file we refuse because we do not trust it.
+        raise InputError(f"{label}: {unreadable} (it holds objects other than tensors and plain data"
+                         f"{_offending_global(str(exc))}; refused, as loading them could run code "
+                         f"from the file)") from None
     except Exception as exc:
         raise InputError(f"{label}: {unreadable} ({first_line(exc)})") from None
+
+
+def _offending_global(message: str) -> str:
+    """`, such as <module.Name>` from torch's weights-only refusal, or '' when it names none."""
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    return f", such as {m.group(1)}" if m else ""
 
 
 def read_model_file(path: Path | str, *, missing: str, unreadable: str, invalid: str,

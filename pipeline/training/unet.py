@@ -52,16 +52,19 @@ CURVE_KEYS = ("train/loss", "lr") + tuple(f"val/{k}" for k in ("loss",) + VAL_KE
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """What one training run does. The values come from params.yaml (`unet.*`, `loss.*`, `seed`),
+    the only home of their defaults, so nothing that shapes a run is defaulted here; the loss is
+    plain MSE unless `loss_kind`/`ssim_weight` say otherwise."""
     variant: str
     model: dict[str, Any]
-    epochs: int = 8
-    batch_size: int = 8
-    lr: float = 1e-3
+    epochs: int
+    batch_size: int
+    lr: float
+    roi_weight: float
+    seed: int
+    device: str
     loss_kind: str = "mse"
-    roi_weight: float = 0.0
     ssim_weight: float = 0.0
-    seed: int = 0
-    device: str = "auto"
 
     def __post_init__(self):
         if self.variant not in VARIANTS:

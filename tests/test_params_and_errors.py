@@ -1,0 +1,496 @@
+"""Nothing silently wrong: params.yaml is complete and the only home of defaults; annotation rows
+that point nowhere, machine failures (read-only, full disk, non-UTF-8 files), odd accelerations,
+mismatched or unsafe checkpoints and killed workers all end in one clear line, never a silent
+fallback or a traceback."""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.errors import InputError
+from stages import settings as S
+from stages.settings import load_params
+from tests.helpers import REPO, run_cli, write_params
+
+HEADER = "file,slice,study_level,x,y,width,height,label\n"
+
+
+def _leaf_keys(params: dict) -> list[str]:
+    """`seed`, `data.crop`, ...: top-level scalars and each key of a section (dict-valued settings
+    such as synthetic.volumes are one key)."""
+    return [f"{k}.{kk}" for k, v in params.items() if isinstance(v, dict) for kk in v] + \
+        [k for k, v in params.items() if not isinstance(v, dict)]
+
+
+def _params_without(path: Path, dotted: str) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    *parents, last = dotted.split(".")
+    node = params
+    for p in parents:
+        node = node[p]
+    del node[last]
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------ 1. one home for every default
+
+REPO_KEYS = _leaf_keys(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+def test_repo_params_list_every_setting():
+    assert {"loss.roi_weight", "mask.acceleration", "data.raw_dir", "synthetic.volumes", "seed"} <= set(REPO_KEYS)
+    model_keys = []
+    for name, field in S.Params.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, S.Section):
+            model_keys += [f"{name}.{k}" for k in sub.model_fields]
+        else:
+            model_keys.append(name)
+    assert sorted(model_keys) == sorted(REPO_KEYS)
+
+
+def test_settings_models_hold_no_defaults():
+    for model in [S.Params] + [f.annotation for f in S.Params.model_fields.values()
+                               if isinstance(f.annotation, type) and issubclass(f.annotation, S.Section)]:
+        defaulted = [k for k, f in model.model_fields.items() if not f.is_required()]
+        assert defaulted == [], f"{model.__name__} defaults {defaulted}"
+
+
+@pytest.mark.parametrize("key", REPO_KEYS)
+def test_every_missing_key_is_named(tmp_path, key):
+    f = _params_without(tmp_path / "params.yaml", key)
+    with pytest.raises(InputError) as e:
+        load_params(f)
+    assert str(e.value) == f"{f}: {key}: missing"
+
+
+def test_missing_section_is_named(tmp_path):
+    f = _params_without(tmp_path / "params.yaml", "loss")
+    with pytest.raises(InputError, match=r"params\.yaml: loss: missing$"):
+        load_params(f)
+
+
+def test_missing_volume_count_is_named(tmp_path):
+    f = write_params(tmp_path / "p.yaml", synthetic={"volumes": {"train": 2, "val": 1}})
+    with pytest.raises(InputError, match=r"synthetic\.volumes: missing count for 'test'"):
+        load_params(f)
+
+
+def test_cli_missing_roi_weight_exits_1_and_writes_nothing(tmp_path):
+    f = _params_without(tmp_path / "params.yaml", "loss.roi_weight")
+    out = tmp_path / "u.zarr"
+    r = run_cli("undersample", "--raw-dir", tmp_path / "raw", "--out", out, "--params", f)
+    assert r.exit_code == 1
+    assert r.stderr.strip() == f"error: {f}: loss.roi_weight: missing"
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_cli_missing_raw_dir_is_not_defaulted(tmp_path, tiny_fastmri):
+    f = _params_without(tmp_path / "params.yaml", "data.raw_dir")
+    out = tmp_path / "s.zarr"
+    r = run_cli("prepare", "--raw-dir", tiny_fastmri, "--out", out, "--params", f)
+    assert r.exit_code == 1 and "data.raw_dir: missing" in r.stderr
+    assert not out.exists()
+
+
+def test_train_config_requires_what_params_set():
+    from pipeline.training.unet import TrainConfig
+    required = {f.name for f in dataclasses.fields(TrainConfig)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    assert {"epochs", "batch_size", "lr", "roi_weight", "seed", "device"} <= required
+    with pytest.raises(TypeError, match="roi_weight"):
+        TrainConfig(variant="weighted", model={}, epochs=1, batch_size=1, lr=1e-3, seed=0, device="cpu")
+
+
+def test_recon_loss_kind_is_required():
+    from pipeline.losses import ReconLoss
+    with pytest.raises(TypeError):
+        ReconLoss()
+
+
+# ------------------------------------------------------------------ 4. mask.acceleration
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_acceleration_must_be_finite(tmp_path, value):
+    f = write_params(tmp_path / "p.yaml", mask={"acceleration": value})
+    with pytest.raises(InputError, match=r"mask\.acceleration: Input should be a finite number"):
+        load_params(f)
+
+
+def test_acceleration_yaml_inf_is_refused_by_the_cli(tmp_path):
+    text = (REPO / "params.yaml").read_text().replace("  acceleration: 4\n", "  acceleration: .inf\n")
+    f = tmp_path / "params.yaml"
+    f.write_text(text)
+    out = tmp_path / "u.zarr"
+    r = run_cli("undersample", "--raw-dir", tmp_path / "raw", "--out", out, "--params", f)
+    assert r.exit_code == 1 and "mask.acceleration" in r.stderr and "finite" in r.stderr
+    assert "inf" not in r.stdout and not out.exists()
+
+
+@pytest.mark.parametrize("mask_type", ["equispaced", "magic"])
+def test_integer_masks_need_integer_acceleration(tmp_path, mask_type):
+    f = write_params(tmp_path / "p.yaml", mask={"type": mask_type, "acceleration": 2.5})
+    with pytest.raises(InputError) as e:
+        load_params(f)
+    assert str(e.value).startswith(f"{f}: mask.acceleration: {mask_type} masks need an integer acceleration")
+    ok = write_params(tmp_path / "q.yaml", mask={"type": mask_type, "acceleration": 4.0})
+    assert load_params(ok).mask.acceleration == 4
+
+
+def test_fractional_acceleration_still_fine_for_random_masks(tmp_path):
+    assert load_params(write_params(tmp_path / "p.yaml", mask={"acceleration": 2.5})).mask.acceleration == 2.5
+
+
+def test_mask_function_refuses_the_same():
+    from pipeline.kspace import mask_function
+    with pytest.raises(InputError, match=r"mask\.acceleration: must be a finite number"):
+        mask_function("random", float("inf"), 0.08)
+    with pytest.raises(InputError, match=r"mask\.acceleration: equispaced masks need an integer"):
+        mask_function("equispaced", 2.5, 0.08)
+    mask_function("equispaced", 4.0, 0.08)
+    mask_function("random", 2.5, 0.08)
+
+
+# ------------------------------------------------------------------ 4. checkpoints vs params, 5. unsafe files
+
+def test_checkpoint_with_other_widths_or_never_trained_is_refused(tmp_path):
+    from pipeline.models.registry import build_unet, load_unet, model_config, save_unet
+    cfg = model_config("fastmri", 4, 2, 0.0, True)
+    save_unet(tmp_path / "a.pt", build_unet(cfg), {"model": cfg, "history": [{"val/loss": 1.0}]})
+    save_unet(tmp_path / "raw.pt", build_unet(cfg), {"model": cfg})
+    params_model = model_config("fastmri", 8, 2, 0.0, True)
+    with pytest.raises(InputError, match=r"a\.pt: checkpoint architecture .*chans=4.* differs from unet\.\* in "
+                                         r"params\.yaml .*chans=8"):
+        load_unet(tmp_path / "a.pt", params_model, expected_label="unet.* in params.yaml")
+    load_unet(tmp_path / "a.pt", cfg, require_trained=True)
+    with pytest.raises(InputError, match=r"raw\.pt: the checkpoint records no training epoch"):
+        load_unet(tmp_path / "raw.pt", cfg, require_trained=True)
+
+
+class NotATensor:
+    pass
+
+
+def test_unsafe_checkpoint_refused_without_torch_advice(tmp_path):
+    from pipeline.models.registry import load_unet
+    from pipeline.models.torch_files import read_torch_file
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "config": {"kind": "unet"}, "x": NotATensor()}, path)
+    for call in (lambda: read_torch_file(path, missing="m", unreadable="not a readable checkpoint"),
+                 lambda: load_unet(path)):
+        with pytest.raises(InputError) as e:
+            call()
+        msg = str(e.value)
+        assert msg.startswith(f"{path}: not a readable checkpoint (it holds objects other than tensors and plain data")
+        assert "NotATensor" in msg and "refused" in msg
+        assert "weights_only" not in msg and "False" not in msg and "\n" not in msg
+
+
+# ------------------------------------------------------------------ 2. annotation rows
+
+@pytest.fixture(scope="module")
+def slices_store(tiny_fastmri, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("ann")
+    params = write_params(tmp / "params.yaml", data={"crop": 24, "workers": 1})
+    r = run_cli("prepare", "--raw-dir", tiny_fastmri, "--out", tmp / "slices.zarr", "--params", params)
+    assert r.exit_code == 0, r.output
+    return tmp / "slices.zarr"
+
+
+def _volume(slices_store: Path, split: str = "train") -> tuple[str, int]:
+    from pipeline.io.annotations import store_volumes
+    name, n = sorted(store_volumes(slices_store)[split].items())[0]
+    return name[:-3], n
+
+
+def _boxes(csv: Path, slices_store: Path, split: str = "train"):
+    from pipeline.roi_scores import split_boxes
+    return split_boxes(csv, slices_store, split, 24, None)
+
+
+def test_good_rows_and_absent_files_are_summed_up_in_one_line(tmp_path, slices_store, capsys):
+    name, n = _volume(slices_store)
+    csv = tmp_path / "knee.csv"
+    csv.write_text(HEADER + f"{name},{n - 1},No,10,10,6,5,Meniscus Tear\n"
+                   f"{name},,Yes,,,,,Artifact\n"
+                   "file9999998,99,No,-5,400,0,3,far away\n"
+                   "file9999999,1,No,1,1,2,2,x\n")
+    boxes = _boxes(csv, slices_store)
+    assert list(boxes) == [(f"{name}.h5", n - 1)]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{csv}: 2 box rows for 2 volumes in none of the splits of {slices_store}: not used" in err
+    _boxes(csv, slices_store, "val")  # reported once per file and store, not once per split
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("row,problem", [
+    ("{name},99,No,10,10,6,5,x", r"slice 99 is outside the volume \(slices 0\.\.{last}\)"),
+    ("{name},-3,No,10,10,6,5,x", r"slice -3 is outside the volume"),
+    ("{name},1,No,-2,10,6,5,x", r"box at x=-2, y=10; both must be >= 0"),
+    ("{name},1,No,10,10,0,5,x", r"box of size 0x5; width and height must be >= 1"),
+    ("{name},1,No,10,10,6,-5,x", r"box of size 6x-5"),
+    ("{name},1,No,30,10,6,5,x", r"reaches outside the 32x32 recon frame"),
+    ("{name},1,No,,,,,x", r"needs slice, x, y, width and height"),
+])
+def test_bad_row_of_a_known_file_names_the_csv_line(tmp_path, slices_store, row, problem):
+    name, n = _volume(slices_store)
+    csv = tmp_path / "knee.csv"
+    csv.write_text(HEADER + f"{name},0,No,1,1,4,4,ok\n\n" + row.format(name=name) + "\n")
+    with pytest.raises(InputError) as e:
+        _boxes(csv, slices_store)
+    import re
+    assert str(e.value).startswith(f"{csv}: line 4 ({name}, slice ")
+    assert re.search(problem.format(last=n - 1), str(e.value)), str(e.value)
+
+
+def test_bad_row_of_another_split_is_caught_too(tmp_path, slices_store):
+    name, n = _volume(slices_store, "test")
+    csv = tmp_path / "knee.csv"
+    csv.write_text(HEADER + f"{name},{n},No,1,1,4,4,x\n")
+    with pytest.raises(InputError, match=rf"line 2 \({name}, slice {n}\): slice {n} is outside"):
+        _boxes(csv, slices_store, "train")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "empty annotations file (expected the header file,slice,"),
+    ("\n", "empty annotations file"),
+    (HEADER, "no annotation rows, only the header"),
+    (HEADER + "\n,,,,,,,\n", "no annotation rows, only the header"),
+])
+def test_empty_or_header_only_csv_is_one_line(tmp_path, slices_store, text, message):
+    csv = tmp_path / "knee.csv"
+    csv.write_text(text)
+    with pytest.raises(InputError) as e:
+        _boxes(csv, slices_store)
+    assert str(e.value) == f"{csv}: {message}" or str(e.value).startswith(f"{csv}: {message}")
+
+
+def test_boxmaps_cli_bad_row_exits_1_and_writes_nothing(tmp_path, slices_store):
+    name, _ = _volume(slices_store)
+    csv = tmp_path / "knee.csv"
+    csv.write_text(HEADER + f"{name},99,No,1,1,4,4,x\n")
+    out = tmp_path / "boxmaps.zarr"
+    r = run_cli("boxmaps", "--slices", slices_store, "--annotations", csv, "--out", out,
+                "--params", write_params(tmp_path / "p.yaml"))
+    assert r.exit_code == 1
+    assert r.stderr.strip().startswith(f"error: {csv}: line 2 ({name}, slice 99): slice 99 is outside")
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+# ------------------------------------------------------------------ 3. machine failures and encodings
+
+def test_non_utf8_params_is_one_line(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_bytes((REPO / "params.yaml").read_bytes().replace(b"# Every key", b"# \xe9very key"))
+    out = tmp_path / "s.zarr"
+    r = run_cli("prepare", "--raw-dir", tmp_path, "--out", out, "--params", f)
+    assert r.exit_code == 1
+    assert r.stderr.strip() == f"error: {f}: not UTF-8 text (byte 0xe9 at offset 2)"
+    assert not out.exists()
+
+
+def test_non_utf8_annotations_is_one_line(tmp_path, slices_store):
+    csv = tmp_path / "knee.csv"
+    csv.write_bytes(HEADER.encode() + b"file1,1,No,1,1,4,4,Meniscus \xff\n")
+    out = tmp_path / "boxmaps.zarr"
+    r = run_cli("boxmaps", "--slices", slices_store, "--annotations", csv, "--out", out,
+                "--params", write_params(tmp_path / "p.yaml"))
+    assert r.exit_code == 1
+    assert r.stderr.startswith(f"error: {csv}: not UTF-8 text (byte 0xff") and r.stderr.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_directory_is_one_line(tmp_path, tiny_fastmri):
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o555)
+    try:
+        r = run_cli("prepare", "--raw-dir", tiny_fastmri, "--out", d / "s.zarr",
+                    "--params", write_params(tmp_path / "p.yaml", data={"crop": 24, "workers": 1}))
+    finally:
+        d.chmod(0o755)
+    assert r.exit_code == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+    assert "Permission denied" in r.stderr and str(d) in r.stderr
+    assert list(d.iterdir()) == []
+
+
+def test_output_below_a_file_is_one_line(tmp_path, tiny_fastmri):
+    """A real OSError from the file system (no monkeypatching): the output's parent is a file."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("prepare", "--raw-dir", tiny_fastmri, "--out", blocker / "sub" / "s.zarr",
+                "--params", write_params(tmp_path / "p.yaml", data={"crop": 24, "workers": 1}))
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith(f"error: {blocker / 'sub'}: ") and "Traceback" not in r.output
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC, errno.EACCES])
+def test_os_errors_while_writing_are_one_line(tmp_path, tiny_fastmri, monkeypatch, code):
+    import pipeline.store as store
+
+    def fail(self, count):
+        raise OSError(code, os.strerror(code), "/data/out/shard.bin")
+    monkeypatch.setattr(store.ShardedWriter, "_flush", fail)
+    out = tmp_path / "s.zarr"
+    r = run_cli("prepare", "--raw-dir", tiny_fastmri, "--out", out,
+                "--params", write_params(tmp_path / "p.yaml", data={"crop": 24, "workers": 1}))
+    assert r.exit_code == 1
+    assert r.stderr == f"error: /data/out/shard.bin: {os.strerror(code)}\n"
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_wrapped_os_error_is_found_and_bugs_still_raise():
+    from stages.app import environment_error
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/x/y")
+        except OSError as exc:
+            raise RuntimeError("write failed") from exc
+    except RuntimeError as wrapped:
+        assert environment_error(wrapped) == "/x/y: No space left on device"
+    assert environment_error(ValueError("a bug")) is None
+    assert environment_error(OSError(errno.ENOSPC, "No space left on device")) == \
+        "(path not reported): No space left on device"
+
+
+# ------------------------------------------------------------------ 6. killed parents, stale temporaries
+
+WORKER_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {repo!r})
+    from pipeline.parallel import ordered_map
+    d = {d!r}
+
+    def work(i):
+        open(os.path.join(d, f"{{os.getpid()}}.pid"), "w").close()
+        time.sleep(120)
+        return i
+
+    for _ in ordered_map(work, range(4), 2):
+        pass
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_die_with_a_killed_parent(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(WORKER_SCRIPT.format(repo=str(REPO), d=str(tmp_path)))
+    parent = subprocess.Popen([sys.executable, str(script)])
+    pids: list[int] = []
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(pids) < 2:
+            pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
+            time.sleep(0.1)
+        assert len(pids) == 2, "workers did not start"
+        assert all(_alive(p) for p in pids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in pids), "pool workers outlived their killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_ordered_map_still_maps_in_order():
+    from pipeline.parallel import ordered_map
+    assert list(ordered_map(abs, [-3, -1, -2, 5, -7], 2)) == [3, 1, 2, 5, 7]
+
+
+def test_stale_temporaries_are_swept_and_fresh_ones_kept(tmp_path):
+    from pipeline.tmp_sweep import process_start_time, sweep_stale_temporaries
+    final = tmp_path / "slices.zarr"
+    old = time.time() - 3600
+    assert process_start_time() > old
+    stale_dir = tmp_path / ".tmp-slices.zarr-0123abcd"
+    (stale_dir / "train").mkdir(parents=True)
+    (stale_dir / "zarr.json").write_text("{}")
+    stale_old = tmp_path / ".old-slices.zarr-deadbeef"
+    stale_old.write_text("x")
+    fresh = tmp_path / ".tmp-slices.zarr-00000000"
+    fresh.mkdir()
+    other = tmp_path / ".tmp-slices.zarr2-0123abcd"
+    other.mkdir()
+    final.mkdir()
+    for p in (stale_dir / "train", stale_dir / "zarr.json", stale_dir, stale_old, other, final):
+        os.utime(p, (old, old))
+    removed = sweep_stale_temporaries(final)
+    assert sorted(removed) == sorted([stale_dir, stale_old])
+    assert not stale_dir.exists() and not stale_old.exists()
+    assert fresh.is_dir() and other.is_dir() and final.is_dir()  # newer than this process / other outputs
+
+
+def test_sweep_keeps_a_temporary_with_a_fresh_entry(tmp_path):
+    from pipeline.tmp_sweep import sweep_stale_temporaries
+    final = tmp_path / "u.zarr"
+    d = tmp_path / ".tmp-u.zarr-abcdef01"
+    d.mkdir()
+    old = time.time() - 3600
+    os.utime(d, (old, old))
+    (d / "zarr.json").write_text("{}")  # being written right now
+    os.utime(d, (old, old))
+    assert sweep_stale_temporaries(final) == [] and d.is_dir()
+
+
+def test_parent_watchdog_ends_an_orphaned_worker():
+    """The fallback where prctl is unavailable: a worker whose parent pid changed exits."""
+    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from pipeline.parallel import _watch_parent; " \
+           f"_watch_parent(-1, 0.01)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 1
+
+
+def test_full_disk_while_saving_a_checkpoint_names_the_file(tmp_path, monkeypatch):
+    """torch.save onto a full device (/dev/full gives ENOSPC on every write): an OSError naming
+    the checkpoint, which the stage wrapper prints as one line."""
+    import builtins
+
+    from pipeline.models import registry
+    from stages.app import environment_error
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, mode="r", *a, **k: real_open("/dev/full", mode)
+                        if str(f).startswith(str(tmp_path / ".tmp-")) else real_open(f, mode, *a, **k))
+    cfg = registry.model_config("fastmri", 2, 1, 0.0, False)
+    with pytest.raises(OSError) as e:
+        registry.save_unet(tmp_path / "m.pt", registry.build_unet(cfg), {"model": cfg})
+    assert environment_error(e.value) == f"{tmp_path / 'm.pt'}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bug_raised_while_handling_an_os_error_keeps_its_traceback():
+    from stages.app import environment_error
+    try:
+        try:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/x")
+        except OSError:
+            {}["missing"]
+    except KeyError as bug:
+        assert environment_error(bug) is None
