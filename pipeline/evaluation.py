@@ -30,7 +30,7 @@ from pipeline.errors import InputError
 from pipeline.metrics import ALL, volume_metrics, volume_slices
 from pipeline.models.registry import load_unet
 from pipeline.reports import clean
-from pipeline.stats import compare_all, seed_means
+from pipeline.stats import bootstrap_interval, compare_all, seed_means
 from pipeline.store import ShardedWriter, atomic_path, finish_store
 from pipeline.training.device import select_device
 from pipeline.training.unet import predict
@@ -180,6 +180,14 @@ def variant_means(table: pd.DataFrame, variant: str, metrics: Sequence[str] = AL
     return {m: float(seed_means(table, variant, m).mean()) for m in metrics}
 
 
+def variant_intervals(table: pd.DataFrame, variant: str, metrics: Sequence[str], n_resamples: int,
+                      seed: int) -> dict[str, list[float]]:
+    """95% bootstrap interval over volumes of each `variant_means` value (unpaired: it says how
+    well the split pins the level down; differences between variants are the paired comparisons)."""
+    return {m: list(bootstrap_interval(seed_means(table, variant, m).to_numpy(), n_resamples, seed))
+            for m in metrics}
+
+
 def summarize(table: pd.DataFrame, n_resamples: int = 10000, seed: int = 0) -> tuple[dict, dict]:
     """(tracked metrics, detail) from the per-volume table; see the module doc for what goes where."""
     variants = [v for v in (ZERO_FILLED,) + MODEL_VARIANTS if v in set(table["variant"])]
@@ -197,6 +205,7 @@ def summarize(table: pd.DataFrame, n_resamples: int = 10000, seed: int = 0) -> t
         "seeds": sorted(int(s) for s in table["seed"].dropna().unique()),
         "bootstrap": {"method": "BCa", "resamples": n_resamples, "seed": seed, "confidence": 0.95},
         "means": {v: {m: _clean(x) for m, x in means[v].items()} for v in variants},
+        "means_ci95": {v: _clean(variant_intervals(table, v, TRACKED_MEANS, n_resamples, seed)) for v in variants},
         "per_seed_means": _per_seed_means(table),
         "comparisons": _clean(comparisons),
     }

@@ -160,6 +160,9 @@ def test_tracked_metrics_are_seed_averaged_means_and_paired_comparisons(setup, e
     c = detail["comparisons"]["weighted_vs_baseline"]["roi_psnr"]
     assert c["n_volumes"] == 1 and set(c["per_seed"]) == {"0", "1"}
     assert set(detail["comparisons"]["oracle_vs_baseline"]) >= {"roi_ssim", "ssim", "nmse"}
+    # one test volume here: no interval of a variant's mean (test_stats checks the bootstrap itself)
+    assert detail["means_ci95"]["weighted"]["psnr"] == [None, None]
+    assert set(detail["means_ci95"]) == {"zero_filled", "baseline", "weighted", "oracle"}
 
 
 def _keys(obj):
