@@ -13,25 +13,28 @@ from typing import Callable, Optional
 import numpy as np
 import zarr
 
-from pipeline.roi_scores import box_mask, split_boxes
+from pipeline.roi_scores import CheckedBoxes, box_mask, check_boxes, split_boxes
 from pipeline.store import SPLITS, ShardedWriter, finish_store, open_store, read_rows, split_group
 
 Progress = Optional[Callable[[int], None]]
 
 
-def write_box_maps(path: Path | str, slices_path: Path | str, annotations: Path | str, frame: int | None = None,
-                   progress: Progress = None, frame_param: str = "frame") -> dict[str, int]:
-    """Box-map store at `path` (not atomic: give it a temporary path); returns {split: slices with boxes}."""
+def write_box_maps(path: Path | str, slices_path: Path | str, annotations: CheckedBoxes | Path | str,
+                   frame: int | None = None, progress: Progress = None, frame_param: str = "frame") -> dict[str, int]:
+    """Box-map store at `path` (not atomic: give it a temporary path); returns {split: slices with boxes}.
+    `annotations`: a file (checked here, see `check_boxes`) or one already checked."""
     slices = open_store(slices_path, kind="slices")
+    checked = annotations if isinstance(annotations, CheckedBoxes) else \
+        check_boxes(annotations, slices_path, frame, frame_param)
     root = zarr.open_group(str(path), mode="w")
     root.attrs.update({"kind": "heatmaps", "source": "ground-truth boxes", "slices": str(slices_path),
-                       "annotations": str(annotations)})
+                       "annotations": str(checked.path)})
     counts = {}
     for split in SPLITS:
         g = split_group(slices, split, slices_path)
         names, idx = read_rows(g["volume"]), np.asarray(read_rows(g["slice"]), dtype=np.int32)
         n, c = len(names), int(g["target"].shape[-1])
-        boxes = split_boxes(annotations, slices_path, split, c, frame, frame_param)
+        boxes = split_boxes(checked, slices_path, split, c, frame, frame_param)
         writer = ShardedWriter(root.create_group(split), n, {"volume": ((), str), "slice": ((), "int32"),
                                                              "heatmap": ((c, c), "float32")})
         step = writer.shard

@@ -28,8 +28,8 @@ def mask_function(mask_type: str, acceleration: float, center_fraction: float) -
     if mask_type not in MASK_TYPES:
         raise InputError(f"mask.type: unknown mask type {mask_type!r}, expected one of {', '.join(MASK_TYPES)}")
     if (not isinstance(acceleration, (int, float)) or isinstance(acceleration, bool)
-            or not math.isfinite(acceleration) or not acceleration >= 1):
-        raise InputError(f"mask.acceleration: must be a finite number >= 1, got {acceleration!r}")
+            or not math.isfinite(acceleration) or not acceleration > 1):
+        raise InputError(f"mask.acceleration: must be a finite number greater than 1, got {acceleration!r}")
     if mask_type in INTEGER_ACCELERATION_MASKS and not float(acceleration).is_integer():
         raise InputError(f"mask.acceleration: {mask_type} masks need an integer acceleration, got {acceleration!r}")
     if not 0 < center_fraction < 1:

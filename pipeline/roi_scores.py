@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -76,35 +77,60 @@ def slice_boxes(annotations: pd.DataFrame, frames: Mapping[str, tuple[int, int]]
     return dict(out)
 
 
+@dataclass(frozen=True)
+class CheckedBoxes:
+    """An annotations file read and checked against a slices store (see `check_boxes`)."""
+    path: Path
+    table: pd.DataFrame                  # the rows kept (study-level rows included)
+    rejected: pd.DataFrame               # `pipeline.io.annotations.REJECTED_COLUMNS`
+    volumes: dict[str, dict[str, int]]   # {split: {volume file name: slices}}
+    frames: dict[str, tuple[int, int]]   # {volume file name: recon frame (H, W)}, every split
 
-def split_boxes(annotations: Path | str | None, slices_path: Path | str, split: str, crop: int,
-                frame: int | None = None, param: str = "frame") -> dict[tuple[str, int], list[tuple[Box, str]]]:
-    """Boxes of one split of the slices store in its crop frame, with their labels (see
-    `slice_boxes`); {} without an annotations file. `frame` and `param` as `recon_frames`."""
-    if annotations is None:
-        return {}
-    from pipeline.io.annotations import check_rows, read_annotations, recon_frames, store_volumes
+
+def check_boxes(annotations: Path | str, slices_path: Path | str, frame: int | None = None,
+                param: str = "frame", rejected_csv: Path | str | None = None) -> CheckedBoxes:
+    """Read an annotations file and check every slice-level row against all splits of the slices
+    store (`pipeline.io.annotations.sort_rows`). Rejected rows are left out and summed up in one
+    line on stderr, ending "see <rejected_csv>" when the caller writes them there, else "not
+    used". A missing, empty or header-only file is an InputError. `frame`, `param` as
+    `recon_frames`."""
+    from pipeline.io.annotations import read_annotations, reason_counts, recon_frames, sort_rows, store_volumes
 
     path = Path(annotations)
     if not path.is_file():
         raise InputError(f"{path}: annotations file not found (set data.annotations to null to run without ROIs)")
     table = read_annotations(path)
-    frames = recon_frames(slices_path, split, frame, param=param)
-    rows, files = check_rows(table, path, store_volumes(slices_path), frames)
-    _report_unknown(path, slices_path, rows, files)
-    return slice_boxes(table, frames, crop)
+    volumes = store_volumes(slices_path)
+    frames: dict[str, tuple[int, int]] = {}
+    for split in volumes:
+        frames.update(recon_frames(slices_path, split, frame, param=param))
+    kept, rejected = sort_rows(table, volumes, frames)
+    if len(rejected):
+        total = int((table["study_level"] != "Yes").sum())
+        kinds = ", ".join(f"{n} {k}" for k, n in reason_counts(rejected).items())
+        where = f"see {rejected_csv}" if rejected_csv is not None else "not used"
+        print(f"{path}: {len(rejected)} of {total} box row{'s' if total != 1 else ''} rejected ({kinds}): {where}",
+              file=sys.stderr)
+    return CheckedBoxes(path, kept, rejected, volumes, frames)
 
 
-_reported: set[tuple[str, str]] = set()
+def split_boxes(annotations: CheckedBoxes | Path | str | None, slices_path: Path | str, split: str, crop: int,
+                frame: int | None = None, param: str = "frame") -> dict[tuple[str, int], list[tuple[Box, str]]]:
+    """Boxes of one split of the slices store in its crop frame, with their labels (see
+    `slice_boxes`); {} without an annotations file. A path is checked first (`check_boxes`, which
+    warns about rejected rows); pass a `CheckedBoxes` to read several splits with one warning.
+    `frame` and `param` as `recon_frames`."""
+    if annotations is None:
+        return {}
+    checked = annotations if isinstance(annotations, CheckedBoxes) else \
+        check_boxes(annotations, slices_path, frame, param)
+    if split in checked.volumes:
+        frames = {n: checked.frames[n] for n in checked.volumes[split]}
+    else:
+        from pipeline.io.annotations import recon_frames
+        frames = recon_frames(slices_path, split, frame, param=param)
+    return slice_boxes(checked.table, frames, crop)
 
-
-def _report_unknown(path: Path, slices_path: Path | str, rows: int, files: int) -> None:
-    """One line on stderr (once per annotations file and store) for rows naming absent volumes."""
-    key = (str(path), str(slices_path))
-    if rows and key not in _reported:
-        _reported.add(key)
-        print(f"{path}: {rows} box row{'s' if rows != 1 else ''} for {files} volume{'s' if files != 1 else ''} "
-              f"in none of the splits of {slices_path}: not used", file=sys.stderr)
 
 def score_slices(items: Iterable[tuple[np.ndarray, Sequence[Box], Sequence[str]]]) -> dict:
     """Pointing game and energy in box over (heatmap, boxes, labels) of annotated slices."""

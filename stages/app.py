@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import traceback
 from typing import Callable
 
 import click
@@ -19,24 +20,51 @@ app = typer.Typer(
 PARAMS_OPTION = typer.Option("params.yaml", "--params", help="params file (YAML 1.2, as DVC reads it)")
 
 
+DEBUG_VARIABLE = "ROIRECON_DEBUG"
+# exits and usage errors that typer/click handle themselves (typer vendors its own click classes)
+_CLI_EXITS = tuple({typer.Exit, typer.Abort, getattr(typer, "TyperException", typer.Exit),
+                    click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort})
+
+
+def debug() -> bool:
+    """ROIRECON_DEBUG set (to anything but empty or 0): errors come with their traceback."""
+    return os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0")
+
+
+def _fail(line: str, exc: BaseException, code: int) -> typer.Exit:
+    """Print `error: <line>` on stderr, then the traceback of `exc` with ROIRECON_DEBUG set."""
+    typer.echo(f"error: {line}", err=True)
+    if debug():
+        typer.echo("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip("\n"), err=True)
+    return typer.Exit(code)
+
+
+def internal_error(exc: BaseException) -> str:
+    """One line for an unexpected exception (a bug): its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"internal error: {type(exc).__name__}{': ' + text[0] if text else ''}"
+
+
 def stage(func: Callable) -> Callable:
-    """Turn expected errors into one line on stderr and exit code 1 (no traceback)."""
+    """Turn errors into one line on stderr, never a traceback: expected ones (bad input, a failure
+    of the machine) exit with code 1, unexpected ones (bugs) with `error: internal error: ...` and
+    code 2. With ROIRECON_DEBUG=1 the traceback follows the line, for bug reports."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except InputError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1)
-        except click.exceptions.Exit:
-            raise
+            raise _fail(str(exc), exc, 1) from None
+        except _CLI_EXITS:
+            raise  # the CLI's own ways out (usage errors exit 2 with click's message)
         except Exception as exc:
             line = environment_error(exc)
-            if line is None:
-                raise
-            typer.echo(f"error: {line}", err=True)
-            raise typer.Exit(1)
+            if line is not None:
+                raise _fail(line, exc, 1) from None
+            if debug():
+                raise _fail(internal_error(exc), exc, 2) from None
+            raise _fail(f"{internal_error(exc)} (set {DEBUG_VARIABLE}=1 for the traceback)", exc, 2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)

@@ -16,17 +16,23 @@ def boxmaps_cmd(
     slices: Path = typer.Option(Path("data/slices.zarr"), help="slices store (defines the rows)"),
     annotations: Optional[Path] = typer.Option(None, help="fastMRI+ knee.csv-style boxes (default: data.annotations)"),
     out: Path = typer.Option(Path("data/boxmaps.zarr"), help="box-map store to write"),
+    rejected: Path = typer.Option(Path("reports/annotations_rejected.csv"),
+                                  help="CSV of the annotation rows left out, with the reason"),
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Oracle ROI maps: the ground-truth boxes as 0/1 maps.
 
     Reads: data/slices.zarr, data.annotations.
 
-    Writes: data/boxmaps.zarr (1 inside each slice's boxes, else 0; the heatmaps store's layout).
+    Writes: data/boxmaps.zarr (1 inside each slice's boxes, else 0; the heatmaps store's layout),
+    reports/annotations_rejected.csv (the box rows left out: unknown file, slice out of range, ...;
+    the header alone when none).
 
     Params: data.annotations, data.annotation_frame."""
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.box_maps import write_box_maps
+    from pipeline.io.annotations import write_rejected
+    from pipeline.roi_scores import check_boxes
     from pipeline.store import atomic_path, open_store
     from stages.progress import bar
     from stages.settings import load_params
@@ -37,6 +43,8 @@ def boxmaps_cmd(
         raise InputError("data.annotations: the oracle variant needs ground-truth boxes (a fastMRI+ knee.csv)")
     store = open_store(slices, kind="slices")
     total = sum(store[s]["volume"].shape[0] for s in store.group_keys())
-    with atomic_path(out) as tmp, bar(total, "boxmaps") as update:
-        counts = write_box_maps(tmp, slices, ann, p.data.annotation_frame, update, "data.annotation_frame")
+    checked = check_boxes(ann, slices, p.data.annotation_frame, "data.annotation_frame", rejected_csv=rejected)
+    with atomic_path(out) as tmp, atomic_path(rejected) as tmp_rejected, bar(total, "boxmaps") as update:
+        counts = write_box_maps(tmp, slices, checked, p.data.annotation_frame, update, "data.annotation_frame")
+        write_rejected(tmp_rejected, checked.rejected)
     typer.echo(f"boxmaps: {out} (slices with boxes: {', '.join(f'{s} {n}' for s, n in counts.items())})")

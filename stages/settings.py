@@ -69,7 +69,7 @@ INTEGER_ACCELERATION_MASKS = ("equispaced", "magic")
 
 class MaskSettings(Section):
     type: Literal["random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"]
-    acceleration: float = Field(ge=1)
+    acceleration: float = Field(gt=1)  # finite (Section forbids inf/nan); 1 would undersample nothing
     center_fraction: float = Field(gt=0, lt=1)
 
     @field_validator("acceleration")

@@ -144,3 +144,39 @@ def test_mask_experiment_skips_mrnet_and_gradcam(repo):
     assert metrics["baseline.psnr"]["old"] != metrics["baseline.psnr"]["new"]
     show = json.loads(_sh(repo, "dvc", "exp", "show", "--json"))
     assert show
+
+
+def test_push_then_pull_into_a_second_clone_restores_every_output(repo, tmp_path):
+    """Sharing results: push the cache to a (local) remote, clone the git repo elsewhere, pull: every output
+    of the committed run comes back and the clone is up to date without re-running anything."""
+    assert (repo / "dvc.lock").exists(), "needs the repro test first"
+    remote = tmp_path / "remote"
+    # --local: .dvc/config.local is git-ignored, so the first repo's committed state is untouched
+    _sh(repo, "dvc", "remote", "add", "--local", "--force", "-d", "store", str(remote))
+    # --all-branches: the committed run's outputs, whatever the workspace holds now (an earlier test
+    # applies an experiment to it); the workspace's own outputs are pushed too
+    _sh(repo, "dvc", "push", "--all-branches")
+    assert any(remote.rglob("*")), "nothing was pushed"
+    branch = _sh(repo, "git", "rev-parse", "--abbrev-ref", "HEAD").strip()
+
+    clone = tmp_path / "clone"
+    _sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    assert not (clone / "models" / "mrnet.pt").exists(), "outputs are not in git"
+    _sh(clone, "dvc", "remote", "add", "--local", "--force", "-d", "store", str(remote))
+    _sh(clone, "dvc", "pull")
+    assert "Data and pipelines are up to date" in _sh(clone, "dvc", "status")
+    assert _ran(_sh(clone, "dvc", "repro")) == set()
+
+    for path in [f"models/unet/{v}_s{s}.pt" for v in ("baseline", "weighted", "oracle") for s in SEEDS] + [
+            "models/mrnet.pt", "data/slices.zarr/zarr.json", "data/undersampled.zarr/zarr.json",
+            "data/heatmaps.zarr/zarr.json", "data/boxmaps.zarr/zarr.json", "data/reconstructions.zarr/zarr.json",
+            "reports/metrics.json", "reports/evaluation.json", "reports/figures/compare.png"]:
+        assert (clone / path).exists(), path
+    # the clone's metrics are the first repo's at the committed revision (its workspace may hold an experiment)
+    # (plain `show` gives {"": the workspace}; `--all-branches` keys by branch name, plus "workspace" when dirty)
+    (ours,) = json.loads(_sh(clone, "dvc", "metrics", "show", "--json")).values()
+    theirs = json.loads(_sh(repo, "dvc", "metrics", "show", "--all-branches", "--json"))[branch]
+    assert ours["data"] == theirs["data"]
+    assert ours["data"]["reports/metrics.json"]["data"]
+    # the first repo is left as it was: no tracked change from the remote setup
+    assert _sh(repo, "git", "status", "--porcelain", ".dvc") == ""

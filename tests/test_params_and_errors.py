@@ -1,7 +1,8 @@
 """Nothing silently wrong: params.yaml is complete and the only home of defaults; annotation rows
-that point nowhere, machine failures (read-only, full disk, non-UTF-8 files), odd accelerations,
-mismatched or unsafe checkpoints and killed workers all end in one clear line, never a silent
-fallback or a traceback."""
+that point nowhere are left out, counted in one warning and listed with their reason; machine
+failures (read-only, full disk, non-UTF-8 files), odd accelerations, mismatched or unsafe
+checkpoints, killed workers and bugs all end in one clear line, never a silent fallback or a
+traceback (unless ROIRECON_DEBUG=1 asks for it)."""
 from __future__ import annotations
 
 import dataclasses
@@ -179,6 +180,89 @@ def test_checkpoint_with_other_widths_or_never_trained_is_refused(tmp_path):
         load_unet(tmp_path / "raw.pt", cfg, require_trained=True)
 
 
+@pytest.mark.parametrize("value", [1, 1.0, 0.5])
+def test_acceleration_must_be_greater_than_one(tmp_path, value):
+    f = write_params(tmp_path / "p.yaml", mask={"acceleration": value})
+    with pytest.raises(InputError) as e:
+        load_params(f)
+    assert str(e.value) == f"{f}: mask.acceleration: Input should be greater than 1 (got {value!r})"
+    from pipeline.kspace import mask_function
+    with pytest.raises(InputError) as e:
+        mask_function("random", value, 0.08)
+    assert str(e.value) == f"mask.acceleration: must be a finite number greater than 1, got {value!r}"
+
+
+def test_acceleration_of_one_is_one_line_from_the_cli(tmp_path, tiny_fastmri):
+    f = write_params(tmp_path / "p.yaml", mask={"acceleration": 1})
+    out = tmp_path / "u.zarr"
+    r = run_cli("undersample", "--raw-dir", tiny_fastmri, "--out", out, "--params", f)
+    assert r.exit_code == 1
+    assert r.stderr == f"error: {f}: mask.acceleration: Input should be greater than 1 (got 1)\n"
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ 5. tracebacks only on request
+
+DEBUG_HINT = "(set ROIRECON_DEBUG=1 for the traceback)"
+
+
+def _stage_raising(monkeypatch, tmp_path, exc):
+    """Run `boxmaps` with its params loading raising `exc`."""
+    import stages.settings
+
+    def boom(*a, **k):
+        raise exc
+    monkeypatch.setattr(stages.settings, "load_params", boom)
+    out = tmp_path / "b.zarr"
+    r = run_cli("boxmaps", "--slices", tmp_path / "s.zarr", "--out", out, "--rejected", tmp_path / "r.csv")
+    assert not out.exists() and not (tmp_path / "r.csv").exists()
+    return r
+
+
+def test_a_bug_is_one_line_and_exit_code_2(tmp_path, monkeypatch):
+    monkeypatch.delenv("ROIRECON_DEBUG", raising=False)
+    r = _stage_raising(monkeypatch, tmp_path, KeyError("oops"))
+    assert r.exit_code == 2
+    assert r.stderr == f"error: internal error: KeyError: 'oops' {DEBUG_HINT}\n"
+    monkeypatch.setenv("ROIRECON_DEBUG", "0")
+    r = _stage_raising(monkeypatch, tmp_path, ValueError("bad\nthing"))
+    assert r.exit_code == 2 and r.stderr == f"error: internal error: ValueError: bad {DEBUG_HINT}\n"
+    r = _stage_raising(monkeypatch, tmp_path, RuntimeError())
+    assert r.exit_code == 2 and r.stderr == f"error: internal error: RuntimeError {DEBUG_HINT}\n"
+
+
+def test_a_bug_shows_its_traceback_with_roirecon_debug(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROIRECON_DEBUG", "1")
+    r = _stage_raising(monkeypatch, tmp_path, KeyError("oops"))
+    assert r.exit_code == 2
+    first, rest = r.stderr.split("\n", 1)
+    assert first == "error: internal error: KeyError: 'oops'"
+    assert rest.startswith("Traceback (most recent call last):\n") and "in boom" in rest
+    assert rest.endswith("KeyError: 'oops'\n")
+
+
+@pytest.mark.parametrize("exc,line", [
+    (InputError("data.crop: too big"), "data.crop: too big"),
+    (PermissionError(errno.EACCES, "Permission denied", "/x/y"), "/x/y: Permission denied"),
+])
+def test_expected_errors_are_one_line_with_the_traceback_only_on_request(tmp_path, monkeypatch, exc, line):
+    monkeypatch.delenv("ROIRECON_DEBUG", raising=False)
+    r = _stage_raising(monkeypatch, tmp_path, exc)
+    assert r.exit_code == 1 and r.stderr == f"error: {line}\n"
+    monkeypatch.setenv("ROIRECON_DEBUG", "1")
+    r = _stage_raising(monkeypatch, tmp_path, exc)
+    assert r.exit_code == 1
+    first, rest = r.stderr.split("\n", 1)
+    assert first == f"error: {line}"
+    assert rest.startswith("Traceback (most recent call last):\n") and f"{type(exc).__name__}: " in rest
+
+
+def test_click_usage_errors_raised_in_a_stage_stay_usage_errors(tmp_path, monkeypatch):
+    import typer
+    r = _stage_raising(monkeypatch, tmp_path, typer.BadParameter("nope"))
+    assert r.exit_code == 2 and "Invalid value: nope" in r.stderr and "internal error" not in r.stderr
+
+
 class NotATensor:
     pass
 
@@ -220,7 +304,7 @@ def _boxes(csv: Path, slices_store: Path, split: str = "train"):
     return split_boxes(csv, slices_store, split, 24, None)
 
 
-def test_good_rows_and_absent_files_are_summed_up_in_one_line(tmp_path, slices_store, capsys):
+def test_good_rows_are_kept_and_absent_files_rejected_in_one_line(tmp_path, slices_store, capsys):
     name, n = _volume(slices_store)
     csv = tmp_path / "knee.csv"
     csv.write_text(HEADER + f"{name},{n - 1},No,10,10,6,5,Meniscus Tear\n"
@@ -229,39 +313,56 @@ def test_good_rows_and_absent_files_are_summed_up_in_one_line(tmp_path, slices_s
                    "file9999999,1,No,1,1,2,2,x\n")
     boxes = _boxes(csv, slices_store)
     assert list(boxes) == [(f"{name}.h5", n - 1)]
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert f"{csv}: 2 box rows for 2 volumes in none of the splits of {slices_store}: not used" in err
-    _boxes(csv, slices_store, "val")  # reported once per file and store, not once per split
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err == f"{csv}: 2 of 3 box rows rejected (2 unknown file): not used\n"
 
 
-@pytest.mark.parametrize("row,problem", [
-    ("{name},99,No,10,10,6,5,x", r"slice 99 is outside the volume \(slices 0\.\.{last}\)"),
-    ("{name},-3,No,10,10,6,5,x", r"slice -3 is outside the volume"),
-    ("{name},1,No,-2,10,6,5,x", r"box at x=-2, y=10; both must be >= 0"),
-    ("{name},1,No,10,10,0,5,x", r"box of size 0x5; width and height must be >= 1"),
-    ("{name},1,No,10,10,6,-5,x", r"box of size 6x-5"),
-    ("{name},1,No,30,10,6,5,x", r"reaches outside the 32x32 recon frame"),
-    ("{name},1,No,,,,,x", r"needs slice, x, y, width and height"),
-])
-def test_bad_row_of_a_known_file_names_the_csv_line(tmp_path, slices_store, row, problem):
+def test_labels_are_stripped(tmp_path, slices_store):
+    from pipeline.io.annotations import read_annotations
+    name, _ = _volume(slices_store)
+    csv = tmp_path / "knee.csv"
+    csv.write_text(HEADER + f" {name}.h5 ,1,No,1,1,4,4,Joint Effusion \n{name},,Yes ,,,,,  Artifact\t\n")
+    table = read_annotations(csv)
+    assert table["label"].tolist() == ["Joint Effusion", "Artifact"]
+    assert table["file"].tolist() == [name, name] and table["study_level"].tolist() == ["No", "Yes"]
+    # native rows 32 - 1 - 4 = 27.. in the 32x32 frame, moved into the central 24x24 crop (offset 4), clipped
+    assert _boxes(csv, slices_store) == {(f"{name}.h5", 1): [((23, 0, 1, 1), "Joint Effusion")]}
+
+
+BAD_ROWS = [  # (row, reason written to the rejected-rows CSV)
+    ("{name},99,No,10,10,6,5,x", "slice out of range (volume has slices 0..{last})"),
+    ("{name},-3,No,10,10,6,5,x", "slice out of range (volume has slices 0..{last})"),
+    ("{name},1,No,-2,10,6,5,x", "box outside the frame (x and y must be >= 0)"),
+    ("{name},1,No,10,-1,6,5,x", "box outside the frame (x and y must be >= 0)"),
+    ("{name},1,No,10,10,0,5,x", "non-positive size (0x5)"),
+    ("{name},1,No,10,10,6,-5,x", "non-positive size (6x-5)"),
+    ("{name},1,No,30,10,6,5,x", "box outside the frame (32x32)"),
+    ("{name},1,No,10,30,6,5,x", "box outside the frame (32x32)"),
+    ("{name},1,No,,,,,x", "missing fields (x, y, width, height)"),
+    ("{name},,No,1,1,4,4,x", "missing fields (slice)"),
+    ("file9999999,1,No,1,1,4,4,x", "unknown file"),
+]
+
+
+@pytest.mark.parametrize("row,reason", BAD_ROWS)
+def test_bad_row_is_left_out_with_its_reason(tmp_path, slices_store, capsys, row, reason):
+    from pipeline.roi_scores import check_boxes
     name, n = _volume(slices_store)
     csv = tmp_path / "knee.csv"
     csv.write_text(HEADER + f"{name},0,No,1,1,4,4,ok\n\n" + row.format(name=name) + "\n")
-    with pytest.raises(InputError) as e:
-        _boxes(csv, slices_store)
-    import re
-    assert str(e.value).startswith(f"{csv}: line 4 ({name}, slice ")
-    assert re.search(problem.format(last=n - 1), str(e.value)), str(e.value)
+    checked = check_boxes(csv, slices_store, rejected_csv=tmp_path / "rejected.csv")
+    assert checked.rejected["line"].tolist() == [4]
+    assert checked.rejected["reason"].tolist() == [reason.format(last=n - 1)]
+    kind = reason.split(" (")[0]
+    assert capsys.readouterr().err == f"{csv}: 1 of 2 box rows rejected (1 {kind}): see {tmp_path / 'rejected.csv'}\n"
+    assert list(_boxes(csv, slices_store)) == [(f"{name}.h5", 0)]
 
 
-def test_bad_row_of_another_split_is_caught_too(tmp_path, slices_store):
+def test_bad_row_of_another_split_is_rejected_too(tmp_path, slices_store, capsys):
     name, n = _volume(slices_store, "test")
     csv = tmp_path / "knee.csv"
-    csv.write_text(HEADER + f"{name},{n},No,1,1,4,4,x\n")
-    with pytest.raises(InputError, match=rf"line 2 \({name}, slice {n}\): slice {n} is outside"):
-        _boxes(csv, slices_store, "train")
+    csv.write_text(HEADER + f"{name},{n},No,1,1,4,4,x\n{name},0,No,1,1,4,4,y\n")
+    assert _boxes(csv, slices_store, "train") == {}
+    assert capsys.readouterr().err == f"{csv}: 1 of 2 box rows rejected (1 slice out of range): not used\n"
 
 
 @pytest.mark.parametrize("text,message", [
@@ -269,25 +370,76 @@ def test_bad_row_of_another_split_is_caught_too(tmp_path, slices_store):
     ("\n", "empty annotations file"),
     (HEADER, "no annotation rows, only the header"),
     (HEADER + "\n,,,,,,,\n", "no annotation rows, only the header"),
+    ("file1000001,1,No,1,1,4,4,x\n", "no header line (the first line must be file,slice,study_level,x,y,width,"
+                                     "height,label)"),
+    ("file,slice,study_level,x,y,width,height\nfile1,1,No,1,1,4,4\n", "annotation CSV lacks columns ['label']"),
 ])
-def test_empty_or_header_only_csv_is_one_line(tmp_path, slices_store, text, message):
+def test_empty_or_headerless_csv_is_one_line(tmp_path, slices_store, text, message):
     csv = tmp_path / "knee.csv"
     csv.write_text(text)
     with pytest.raises(InputError) as e:
         _boxes(csv, slices_store)
     assert str(e.value) == f"{csv}: {message}" or str(e.value).startswith(f"{csv}: {message}")
+    assert "\n" not in str(e.value)
 
 
-def test_boxmaps_cli_bad_row_exits_1_and_writes_nothing(tmp_path, slices_store):
+def _boxmaps(tmp_path, slices_store, csv):
+    out, rejected = tmp_path / "boxmaps.zarr", tmp_path / "reports" / "annotations_rejected.csv"
+    r = run_cli("boxmaps", "--slices", slices_store, "--annotations", csv, "--out", out, "--rejected", rejected,
+                "--params", write_params(tmp_path / "p.yaml"))
+    return r, out, rejected
+
+
+def test_boxmaps_cli_writes_rejected_rows_with_reasons(tmp_path, slices_store):
+    import zarr
+    name, n = _volume(slices_store)
+    other, m = _volume(slices_store, "val")
+    csv = tmp_path / "knee.csv"
+    csv.write_text(HEADER + f"{name},1,No,10,10,4,4,Joint Effusion \n"
+                   f"{name},99,No,1,1,4,4,Meniscus Tear\n"
+                   f"{name},,Yes,,,,,Artifact\n"
+                   "file9999999,1,No,1,1,4,4,x\n"
+                   f"{other},0,No,30,1,4,4,y\n"
+                   f"{other},0,No,1,1,0,4,z\n"
+                   f"{other},0,No,,1,3,4,\n"
+                   "file9999998,1,No,1,1,4,4,x\n")
+    r, out, rejected = _boxmaps(tmp_path, slices_store, csv)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count(f"{csv}:") == 1
+    assert f"{csv}: 6 of 7 box rows rejected (2 unknown file, 1 missing fields, 1 slice out of range, " \
+           f"1 non-positive size, 1 box outside the frame): see {rejected}\n" in r.stderr
+    assert rejected.read_text() == (
+        "line,file,slice,x,y,width,height,label,reason\n"
+        f"3,{name},99,1,1,4,4,Meniscus Tear,slice out of range (volume has slices 0..{n - 1})\n"
+        "5,file9999999,1,1,1,4,4,x,unknown file\n"
+        f"6,{other},0,30,1,4,4,y,box outside the frame (32x32)\n"
+        f"7,{other},0,1,1,0,4,z,non-positive size (0x4)\n"
+        f"8,{other},0,,1,3,4,,missing fields (x)\n"
+        "9,file9999998,1,1,1,4,4,x,unknown file\n")
+    heat = zarr.open_group(str(out), mode="r")
+    assert float(heat["train"]["heatmap"][:].sum()) == 16.0  # only the one good 4x4 box
+    assert float(heat["val"]["heatmap"][:].sum()) == 0.0
+    assert not list(tmp_path.glob(".tmp-*")) and not list(rejected.parent.glob(".tmp-*"))
+
+
+def test_boxmaps_cli_writes_a_header_only_csv_when_nothing_is_rejected(tmp_path, slices_store):
     name, _ = _volume(slices_store)
     csv = tmp_path / "knee.csv"
-    csv.write_text(HEADER + f"{name},99,No,1,1,4,4,x\n")
-    out = tmp_path / "boxmaps.zarr"
-    r = run_cli("boxmaps", "--slices", slices_store, "--annotations", csv, "--out", out,
-                "--params", write_params(tmp_path / "p.yaml"))
+    csv.write_text(HEADER + f"{name},1,No,1,1,4,4,x\n")
+    r, out, rejected = _boxmaps(tmp_path, slices_store, csv)
+    assert r.exit_code == 0 and "rejected" not in r.stderr
+    assert rejected.read_text() == "line,file,slice,x,y,width,height,label,reason\n"
+    assert out.is_dir()
+
+
+@pytest.mark.parametrize("text", ["", HEADER])
+def test_boxmaps_cli_empty_csv_exits_1_and_writes_nothing(tmp_path, slices_store, text):
+    csv = tmp_path / "knee.csv"
+    csv.write_text(text)
+    r, out, rejected = _boxmaps(tmp_path, slices_store, csv)
     assert r.exit_code == 1
-    assert r.stderr.strip().startswith(f"error: {csv}: line 2 ({name}, slice 99): slice 99 is outside")
-    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+    assert r.stderr.startswith(f"error: {csv}: ") and r.stderr.count("\n") == 1
+    assert not out.exists() and not rejected.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
 # ------------------------------------------------------------------ 3. machine failures and encodings

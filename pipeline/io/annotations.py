@@ -61,7 +61,7 @@ def read_annotations(path: Path | str, frame_height: int = 320) -> pd.DataFrame:
     `row0,col0,height,width` in a recon frame of height `frame_height`: `row0 = H - y - height`,
     `col0 = x`, and `line`, the row's line number in the file (for messages). Study-level rows
     (empty slice/box) keep `<NA>` in the numeric columns. An empty or header-only file is an
-    InputError; which rows fit which volume is checked against the data (`check_rows`).
+    InputError; which rows fit which volume is checked against the data (`sort_rows`).
     """
     path = Path(path)
     try:
@@ -75,6 +75,8 @@ def read_annotations(path: Path | str, frame_height: int = 320) -> pd.DataFrame:
     except (OSError, pd.errors.ParserError) as e:
         raise InputError(f"{path}: cannot read annotations ({e})") from None
     missing = [c for c in COLUMNS if c not in df.columns]
+    if not {"file", "slice", "study_level"} & set(df.columns):  # the first line is a row, not the header
+        raise InputError(f"{path}: no header line (the first line must be {','.join(COLUMNS)})")
     if missing:
         raise InputError(f"{path}: annotation CSV lacks columns {missing}")
     df = df[list(COLUMNS)].copy()
@@ -147,41 +149,64 @@ def store_volumes(slices_path: Path | str) -> dict[str, dict[str, int]]:
     return out
 
 
-def check_rows(annotations: pd.DataFrame, path: Path | str, volumes: Mapping[str, Mapping[str, int]],
-               frames: Mapping[str, tuple[int, int]]) -> tuple[int, int]:
-    """Refuse slice-level rows that point nowhere in a volume the data holds.
+REJECTED_COLUMNS = ("line", "file", "slice", "x", "y", "width", "height", "label", "reason")
+# why a slice-level row is left out, in the order they are checked (and counted in the warning)
+REASONS = ("unknown file", "missing fields", "slice out of range", "non-positive size", "box outside the frame")
+
+
+def sort_rows(annotations: pd.DataFrame, volumes: Mapping[str, Mapping[str, int]],
+              frames: Mapping[str, tuple[int, int]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split the slice-level rows (study_level other than "Yes") into usable and rejected ones.
 
     `volumes`: {split: {file name: slices}} (see `store_volumes`); `frames`: {file name: recon
-    frame (H, W)} of the volumes whose boxes are about to be used. A slice-level row of a known
-    volume must name a slice inside it and a box of positive size with x, y >= 0, and, when its
-    volume is in `frames`, lying inside that frame; anything else is an InputError naming the
-    CSV line. Rows naming a volume in none of the splits are allowed (fastMRI+ knee.csv covers
-    files one may not have) and counted: returns (rows, files) of those.
+    frame (H, W)}. A row is rejected, with the first reason of `REASONS` that applies, when its
+    file is in none of the splits, it lacks slice/x/y/width/height, its slice is outside the
+    volume, its box has a width or height below 1, or the box (x, y, width, height, in the
+    fastMRI+ flipped frame) does not lie inside the volume's frame (x, y >= 0; a volume missing
+    from `frames` only gets the x, y >= 0 check). Returns (annotations without the rejected
+    rows, rejected rows with `REJECTED_COLUMNS`; `reason` is one of `REASONS`, maybe followed by
+    a detail in parentheses). Study-level rows are kept as they are.
     """
-    path = Path(path)
     depth = {(n[:-3] if n.endswith(".h5") else n): k for split in volumes.values() for n, k in split.items()}
     frame_of = {(n[:-3] if n.endswith(".h5") else n): f for n, f in frames.items()}
-    slice_level = annotations[annotations["study_level"] != "Yes"]
-    known = slice_level["file"].isin(list(depth))
-    unknown = slice_level[~known]
-    line = annotations["line"] if "line" in annotations.columns else pd.Series(annotations.index + 2,
-                                                                               index=annotations.index)
-    for r in slice_level[known].itertuples():
-        where = f"{path}: line {line[r.Index]} ({r.file}, slice {r.slice})"
-        geom = (r.slice, r.x, r.y, r.width, r.height)
-        if any(pd.isna(v) for v in geom):
-            raise InputError(f"{where}: a slice-level row (study_level {r.study_level!r}) needs slice, x, y, "
-                             f"width and height")
+    table = annotations if "line" in annotations.columns else \
+        annotations.assign(line=annotations.index + 2)
+    reasons: dict = {}
+    for r in table[table["study_level"] != "Yes"].itertuples():
+        if r.file not in depth:
+            reasons[r.Index] = "unknown file"
+            continue
+        missing = [c for c in _BOX if pd.isna(getattr(r, c))]
+        if missing:
+            reasons[r.Index] = f"missing fields ({', '.join(missing)})"
+            continue
         n = depth[r.file]
         if not 0 <= r.slice < n:
-            raise InputError(f"{where}: slice {r.slice} is outside the volume (slices 0..{n - 1})")
-        if r.width <= 0 or r.height <= 0:
-            raise InputError(f"{where}: box of size {r.width}x{r.height}; width and height must be >= 1")
-        if r.x < 0 or r.y < 0:
-            raise InputError(f"{where}: box at x={r.x}, y={r.y}; both must be >= 0")
-        if r.file in frame_of:
+            reasons[r.Index] = f"slice out of range (volume has slices 0..{n - 1})"
+        elif r.width <= 0 or r.height <= 0:
+            reasons[r.Index] = f"non-positive size ({r.width}x{r.height})"
+        elif r.x < 0 or r.y < 0:
+            reasons[r.Index] = "box outside the frame (x and y must be >= 0)"
+        elif r.file in frame_of:
             H, W = frame_of[r.file]
             if r.x + r.width > W or r.y + r.height > H:
-                raise InputError(f"{where}: box x={r.x}, y={r.y}, {r.width}x{r.height} reaches outside the "
-                                 f"{H}x{W} recon frame")
-    return len(unknown), int(unknown["file"].nunique())
+                reasons[r.Index] = f"box outside the frame ({H}x{W})"
+    bad = table.index.isin(list(reasons))
+    rejected = table.loc[bad, list(REJECTED_COLUMNS[:-1])].copy()
+    rejected["reason"] = [reasons[i] for i in rejected.index]
+    return annotations.loc[~bad], rejected.reset_index(drop=True)
+
+
+def reason_counts(rejected: pd.DataFrame) -> dict[str, int]:
+    """{reason (without its detail): rows} in the order of `REASONS`, non-zero ones only."""
+    kinds = rejected["reason"].str.replace(r" \(.*\)$", "", regex=True).value_counts()
+    return {k: int(kinds[k]) for k in REASONS if kinds.get(k, 0)}
+
+
+def write_rejected(path: Path | str, rejected: pd.DataFrame) -> None:
+    """The rejected rows (`sort_rows`) as CSV with `REJECTED_COLUMNS`; a header alone when none."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(REJECTED_COLUMNS)
+        for r in rejected[list(REJECTED_COLUMNS)].itertuples(index=False):
+            w.writerow(["" if pd.isna(v) else v for v in r])
