@@ -32,3 +32,29 @@ def clean(value: Any, digits: Optional[int] = None) -> Any:
 def write_json(path: Path | str, payload: dict, digits: Optional[int] = None) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(clean(payload, digits), indent=2, allow_nan=False) + "\n")
+
+
+VARIANTS = ("zero_filled", "baseline", "weighted", "oracle")
+
+
+def metrics_table(m: dict) -> str:
+    """The tracked metrics as text: each variant's seed-averaged means, then each comparison with the
+    baseline (paired by volume: delta, 95% bootstrap interval, Wilcoxon p). Also printed by `evaluate`."""
+    cols = [("NMSE", "nmse", "{:.4f}"), ("PSNR", "psnr", "{:.2f}"), ("SSIM", "ssim", "{:.4f}"),
+            ("ROI PSNR", "roi_psnr", "{:.2f}"), ("ROI SSIM", "roi_ssim", "{:.4f}")]
+    lines = [f"{'':<13}" + "".join(f"{c:>10}" for c, _, _ in cols)]
+    for v in VARIANTS:
+        if v in m:
+            lines.append(f"{v:<13}" + "".join(f"{_fmt(m[v].get(k), fmt):>10}" for _, k, fmt in cols))
+    for name, by_metric in m.items():
+        if "_vs_" not in name:
+            continue
+        for k, s in by_metric.items():
+            lines.append(f"{name} {k}: delta {_fmt(s.get('delta'), '{:+.3f}')} "
+                         f"[{_fmt(s.get('ci95_low'), '{:+.3f}')}, {_fmt(s.get('ci95_high'), '{:+.3f}')}], "
+                         f"p {_fmt(s.get('p'), '{:.3g}')}")
+    return "\n".join(lines)
+
+
+def _fmt(x, fmt: str) -> str:
+    return "-" if not isinstance(x, (int, float)) or x != x else fmt.format(x)

@@ -42,14 +42,13 @@ def evaluate_cmd(
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.evaluation import (annotation_boxes, evaluate, model_runs, per_volume_table,
                                      reconstructions_writer, roi_masks, summarize, write_per_volume)
-    from pipeline.reports import write_json
+    from pipeline.reports import metrics_table, write_json
     from pipeline.figures import choose_slices
     from pipeline.models.registry import model_config
     from pipeline.report_figures import write_figures
     from pipeline.unet_data import load_split
     from stages.progress import bar
     from stages.settings import load_params
-    from stages.summary import metrics_table
 
     p = load_params(params)
     e = p.evaluate
