@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from pipeline.metrics import psnr_db
 from pipeline.roi_scores import box_mask
 from pipeline.store import atomic_path
 
@@ -119,17 +120,6 @@ def middle_rows(names: Sequence[str], index: Sequence[int]) -> list[int]:
 
 
 # ---- numbers --------------------------------------------------------------------------------------
-
-def psnr_db(target: np.ndarray, recon: np.ndarray, maxval: float, mask: np.ndarray | None = None) -> float:
-    """PSNR with data range maxval, over `mask` when given (NaN for an empty mask)."""
-    err = (target.astype(np.float64) - recon.astype(np.float64)) ** 2
-    if mask is not None:
-        if not mask.any():
-            return float("nan")
-        err = err[mask]
-    mse = float(err.mean())
-    return float(10 * np.log10(float(maxval) ** 2 / mse)) if mse > 0 else float("inf")
-
 
 def percent_error(target: np.ndarray, recon: np.ndarray, maxval: float) -> np.ndarray:
     """|recon - target| as a percentage of maxval."""

@@ -18,6 +18,7 @@ import scipy.fft as sfft
 from fastmri.data import subsample
 
 from pipeline.errors import InputError
+from pipeline.portable_math import det_abs  # np.abs of complex data depends on the CPU's SIMD level
 
 MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
 # fastMRI spaces these masks by an integer number of lines (range(offset, n, acceleration))
@@ -91,20 +92,10 @@ def zero_filled(kspace: np.ndarray, mask: np.ndarray, crop: int) -> np.ndarray:
     # Phase-encode transform of the cropped rows; unsampled columns stay zero.
     full = np.zeros(sub.shape[:-1] + (cols,), dtype=np.complex64)
     full[..., sel] = sub
-    mag = _abs(transform(full, -1)[..., c])
+    mag = det_abs(transform(full, -1)[..., c])
     if kspace.ndim == 4:
         mag = np.sqrt(np.sum(mag * mag, axis=1))
     return mag.astype(np.float32, copy=False)
-
-
-def _abs(z: np.ndarray) -> np.ndarray:
-    """|z| in float64 from real arithmetic, as float32: np.abs of a complex array runs SIMD hypot
-    kernels whose last bit depends on the CPU (the stored images must not)."""
-    re, im = z.real.astype(np.float64), z.imag.astype(np.float64)
-    re *= re
-    im *= im
-    re += im
-    return np.sqrt(re, out=re).astype(np.float32)
 
 
 def center_crop(image: np.ndarray, crop: int) -> np.ndarray:

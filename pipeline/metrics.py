@@ -29,6 +29,18 @@ ALL = WHOLE + ROI + ("heatmap_nmse",)
 SSIM_WIN = 7
 
 
+def psnr_db(gt: np.ndarray, pred: np.ndarray, maxval: float, mask: np.ndarray | None = None) -> float:
+    """10 log10(maxval^2 / MSE), the MSE over `mask` when given (NaN for an empty mask, inf for a
+    perfect reconstruction): fastMRI's psnr on whole images, the ROI PSNR on the box pixels."""
+    err = (gt.astype(np.float64) - pred.astype(np.float64)) ** 2
+    if mask is not None:
+        if not mask.any():
+            return float("nan")
+        err = err[mask]
+    mse = float(err.mean())
+    return float(10 * np.log10(float(maxval) ** 2 / mse)) if mse > 0 else math.inf
+
+
 def ssim_maps(gt: np.ndarray, pred: np.ndarray, maxval: float) -> tuple[float, np.ndarray]:
     """fastMRI's volume SSIM and the per-slice SSIM maps it averages, (slices, H, W)."""
     total = np.array([0])
@@ -60,8 +72,7 @@ def volume_metrics(gt: np.ndarray, pred: np.ndarray, roi: np.ndarray | None = No
     if roi is not None and roi.any():
         m = roi.astype(bool)
         out["roi_nmse"] = float(err2[m].sum() / np.square(gt[m].astype(np.float64)).sum())
-        mse = err2[m].mean()
-        out["roi_psnr"] = float(10 * np.log10(float(maxval) ** 2 / mse)) if mse > 0 else math.inf
+        out["roi_psnr"] = psnr_db(gt, pred, maxval, m)
         ms = m & ssim_valid(m.shape)
         out["roi_ssim"] = float(maps[ms].mean()) if ms.any() else nan
     else:

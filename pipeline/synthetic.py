@@ -72,8 +72,8 @@ import scipy.fft as sfft
 
 from pipeline.errors import InputError
 from pipeline.io.annotations import to_fastmri_plus, write_annotations
-from pipeline.phantom import (Lesion, det_abs, det_cmul, det_exp, det_rmul, det_sincos,
-                              render_knee)
+from pipeline.phantom import Lesion, render_knee
+from pipeline.portable_math import det_abs, det_cmul, det_exp, det_rmul, det_sincos
 
 __all__ = ["SyntheticSpec", "Encoding", "encoding_for", "write_fastmri", "write_annotations",
            "write_mrnet_exams", "synthesize", "total_units", "ismrmrd_header", "fft2c", "ifft2c",
