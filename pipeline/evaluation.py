@@ -2,8 +2,9 @@
 
 Per volume and run: fastMRI's metrics and their ROI-restricted versions (`pipeline.metrics`). Then,
 per variant, the seed-averaged means, and for each ROI variant the paired comparison with the
-baseline (`pipeline.stats`). Runs are reconstructed one at a time and written to the
-reconstructions store as they come, so only one run's reconstructions are in memory.
+baseline (`pipeline.stats`). The split streams one volume at a time (a DataLoader over the stores);
+every run reconstructs that volume, its metrics are taken and its reconstructions appended to the
+store, so only one volume's slices are in memory.
 
 Outputs: the tracked metrics (at most 40 numbers: per variant nmse/psnr/ssim/roi_psnr/roi_ssim, per
 comparison delta/ci95_low/ci95_high/p of roi_psnr and psnr), a detail JSON (everything else:
@@ -27,14 +28,15 @@ import zarr
 from torch import nn
 
 from pipeline.errors import InputError
-from pipeline.metrics import ALL, volume_metrics, volume_slices
+from pipeline.inference import prepare_model, reconstruct
+from pipeline.metrics import ALL, volume_metrics
 from pipeline.models.registry import load_unet
 from pipeline.reports import clean
+from pipeline.roi_scores import box_mask
 from pipeline.stats import bootstrap_interval, compare_all, seed_means
 from pipeline.store import ShardedWriter, atomic_path, finish_store
 from pipeline.training.device import select_device
-from pipeline.training.unet import predict
-from pipeline.unet_data import SplitData
+from pipeline.unet_data import SliceStores, iterate, volume_loader
 
 REFERENCE = "baseline"
 MODEL_VARIANTS = ("baseline", "weighted", "oracle")
@@ -77,20 +79,34 @@ def model_runs(models_dir: Path | str, seeds: Sequence[int], variants: Sequence[
 
 
 @dataclass
+class Panel:
+    """What an error-map figure needs of one kept slice."""
+    volume: str
+    slice: int
+    target: np.ndarray                      # (C,C) target units
+    heat: Optional[np.ndarray]              # (C,C) ROI map, or None
+    maxval: float                           # the volume's target max (the figures' error scale)
+    recons: dict[str, np.ndarray] = field(default_factory=dict)   # run label -> (C,C)
+
+
+@dataclass
 class Evaluation:
     per_volume: list[dict[str, Any]]                    # one row per (run, volume)
-    kept: dict[str, np.ndarray]                          # run label -> reconstructions of the kept rows
+    panels: dict[int, Panel] = field(default_factory=dict)   # kept row -> its slices, for figures
     configs: dict[str, dict] = field(default_factory=dict)   # run label -> checkpoint config
     ms_per_slice: dict[str, float] = field(default_factory=dict)
 
 
-def roi_masks(data: SplitData, boxes: dict[tuple[str, int], list[Box]]) -> np.ndarray:
-    """bool (N,C,C): pixels inside the ground-truth boxes (crop frame) of each slice."""
-    from pipeline.roi_scores import box_mask
+def roi_area(stores: SliceStores, boxes: dict[tuple[str, int], list[Box]]) -> np.ndarray:
+    """Pixels inside the ground-truth boxes (crop frame) of each slice of the split, (N,)."""
+    shape = (stores.crop, stores.crop)
+    return np.array([box_mask(shape, boxes[key]).sum() if (key := (str(v), int(k))) in boxes else 0
+                     for v, k in zip(stores.volume, stores.slice)], dtype=np.int64)
 
-    c = data.image.shape[-1]
-    return np.stack([box_mask((c, c), boxes.get((str(name), int(k)), ()))
-                     for name, k in zip(data.volume, data.slice)]) if len(data) else np.zeros((0, c, c), bool)
+
+def _roi_masks(names: np.ndarray, slices: np.ndarray, crop: int, boxes: dict) -> np.ndarray:
+    """bool (n,C,C): pixels inside the boxes of each of these slices."""
+    return np.stack([box_mask((crop, crop), boxes.get((str(v), int(k)), ())) for v, k in zip(names, slices)])
 
 
 def _load_checked(run: Run, expected_model: Optional[dict]) -> tuple[nn.Module, dict]:
@@ -105,66 +121,93 @@ def _load_checked(run: Run, expected_model: Optional[dict]) -> tuple[nn.Module, 
     return model, config
 
 
-def timed_predict(model: nn.Module, data: SplitData, device: torch.device, batch_size: int = 16
-                  ) -> tuple[np.ndarray, float]:
-    """Reconstructions and inference time per slice in ms (after one warm-up batch)."""
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    predict(model, data, device, batch_size, rows=np.arange(min(batch_size, len(data))))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    out = predict(model, data, device, batch_size)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, (time.perf_counter() - t) * 1000 / len(data)
+class _Timer:
+    """Inference time per slice of one run, leaving out its first volume (warm-up)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds, self.slices, self.calls = device, 0.0, 0, 0
+
+    @contextlib.contextmanager
+    def timing(self, n: int) -> Iterator[None]:
+        self._sync()
+        t = time.perf_counter()
+        yield
+        self._sync()
+        if self.calls:
+            self.seconds += time.perf_counter() - t
+            self.slices += n
+        self.calls += 1
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @property
+    def ms_per_slice(self) -> float:
+        return 1000 * self.seconds / self.slices if self.slices else float("nan")
 
 
-def volume_rows(data: SplitData, recon: np.ndarray, run: Run, roi: np.ndarray,
-                heat: Optional[np.ndarray]) -> list[dict[str, Any]]:
-    """The per-volume metrics of one run's reconstructions of the split."""
-    rows = []
-    for name, sl in volume_slices(data.volume):
-        m = volume_metrics(data.target_raw[sl], recon[sl], roi[sl], None if heat is None else heat[sl])
-        rows.append({"variant": run.variant, "seed": run.seed, "volume": name, "split": data.split,
-                     "n_slices": sl.stop - sl.start, "n_roi_slices": int(roi[sl].any(axis=(1, 2)).sum()), **m})
-    return rows
-
-
-def evaluate(data: SplitData, runs: Sequence[Run], boxes: dict[tuple[str, int], list[Box]],
+def evaluate(stores: SliceStores, runs: Sequence[Run], boxes: dict[tuple[str, int], list[Box]],
              device_name: str = "auto", batch_size: int = 16, keep_rows: Sequence[int] = (),
              on_recon: Optional[Callable[[Run, np.ndarray], None]] = None, progress: Progress = None,
-             expected_model: Optional[dict] = None) -> Evaluation:
-    """Reconstruct the split with zero-filling and every run; per-volume metrics of each.
+             expected_model: Optional[dict] = None, workers: int = 0) -> Evaluation:
+    """Reconstruct the split, a volume at a time, with zero-filling and every run; per-volume metrics.
 
-    `on_recon(run, recons)` receives each run's reconstructions (target units) once, e.g. to store
-    them; `keep_rows` are kept for figures; `expected_model` (a model config) refuses checkpoints of
-    other widths."""
-    if data.target_raw is None:
-        raise ValueError("load the split with keep_raw=True")
+    `stores` is opened with `raw=True`. `on_recon(run, recons)` receives each run's reconstructions
+    of each volume (target units) in store order, e.g. to store them; `keep_rows` are kept for
+    figures; `expected_model` (a model config) refuses checkpoints of other widths; `progress(1)`
+    per volume."""
+    if not stores.raw:
+        raise ValueError("open the stores with raw=True")
     device = select_device(device_name)
-    roi = roi_masks(data, boxes)
-    heat = data.heatmap[:, 0].numpy() if data.heatmap is not None else None
-    keep = np.asarray(keep_rows, dtype=np.int64)
-    ev = Evaluation(per_volume=[], kept={})
-
-    def add(run: Run, recon: np.ndarray) -> None:
-        ev.per_volume += volume_rows(data, recon, run, roi, heat)
-        ev.kept[run.label] = recon[keep]
-        if on_recon:
-            on_recon(run, recon)
-        if progress:
-            progress(1)
-
-    add(Run(ZERO_FILLED), data.zero_filled)
+    ev = Evaluation(per_volume=[])
+    models = {}
     for run in runs:
         model, ev.configs[run.label] = _load_checked(run, expected_model)
-        recon, ev.ms_per_slice[run.label] = timed_predict(model, data, device, batch_size)
-        if not np.isfinite(recon).all():
-            raise InputError(f"{run.path}: produces non-finite reconstructions")
-        add(run, recon)
+        models[run.label] = prepare_model(model, device)
+    timers = {run.label: _Timer(device) for run in runs}
+    by_run: dict[str, list[dict[str, Any]]] = {r.label: [] for r in [Run(ZERO_FILLED)] + list(runs)}
+    keep = set(int(i) for i in keep_rows)
+    for batch in iterate(volume_loader(stores, stores.volumes(), workers, device)):
+        rows = batch["rows"].numpy()
+        target, heat = batch["target_raw"].numpy(), batch["heatmap"][:, 0].numpy() if "heatmap" in batch else None
+        roi = _roi_masks(stores.volume[rows], stores.slice[rows], stores.crop, boxes)
+        _keep_panels(ev, stores, rows, target, heat, keep)
+        for run in [Run(ZERO_FILLED)] + list(runs):
+            if run.seed is None:
+                recon = batch["zero_filled"].numpy()
+            else:
+                with timers[run.label].timing(len(rows)):
+                    recon = reconstruct(models[run.label], batch["image"], batch["mean"], batch["std"], device,
+                                        batch_size)
+                if not np.isfinite(recon).all():
+                    raise InputError(f"{run.path}: produces non-finite reconstructions")
+            by_run[run.label].append(volume_row(stores, rows, target, recon, run, roi, heat))
+            for i in keep.intersection(rows.tolist()):
+                ev.panels[i].recons[run.label] = recon[i - rows[0]]
+            if on_recon:
+                on_recon(run, recon)
+        if progress:
+            progress(1)
+    ev.per_volume = [row for rows_of_run in by_run.values() for row in rows_of_run]
+    ev.ms_per_slice = {label: t.ms_per_slice for label, t in timers.items()}
     return ev
+
+
+def _keep_panels(ev: Evaluation, stores: SliceStores, rows: np.ndarray, target: np.ndarray,
+                 heat: Optional[np.ndarray], keep: set[int]) -> None:
+    for i in sorted(keep.intersection(rows.tolist())):
+        j = i - int(rows[0])
+        ev.panels[i] = Panel(volume=str(stores.volume[i]), slice=int(stores.slice[i]), target=target[j],
+                             heat=None if heat is None else heat[j], maxval=float(target.max()))
+
+
+def volume_row(stores: SliceStores, rows: np.ndarray, target: np.ndarray, recon: np.ndarray, run: Run,
+               roi: np.ndarray, heat: Optional[np.ndarray]) -> dict[str, Any]:
+    """The metrics of one run's reconstruction of one volume (rows of the split)."""
+    m = volume_metrics(target, recon, roi, heat)
+    return {"variant": run.variant, "seed": run.seed, "volume": str(stores.volume[rows[0]]), "split": stores.split,
+            "n_slices": len(rows), "n_roi_slices": int(roi.any(axis=(1, 2)).sum()), **m}
 
 
 # ---------------------------------------------------------------- summaries
@@ -226,29 +269,32 @@ def _clean(x: Any) -> Any:
 # ---------------------------------------------------------------- outputs
 
 @contextlib.contextmanager
-def reconstructions_writer(out: Path | str, data: SplitData, attrs: dict[str, Any]
+def reconstructions_writer(out: Path | str, stores: SliceStores, attrs: dict[str, Any]
                            ) -> Iterator[Callable[[Run, np.ndarray], None]]:
-    """Yield `write(run, recons)`; the store appears at `out` only when the block succeeds."""
-    c = int(data.image.shape[-1])
+    """Yield `write(run, recons)`, called with each run's reconstructions in store order (volume by
+    volume); the store appears at `out` only when the block succeeds."""
+    c, n = stores.crop, len(stores)
     with atomic_path(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update({"kind": "reconstructions", "units": "target (fully sampled magnitude)", **attrs})
-        group = root.create_group(data.split)
-        ids = ShardedWriter(group, len(data), {"volume": ((), str), "slice": ((), "int32")})
-        ids.append(volume=data.volume, slice=data.slice.astype(np.int32))
+        group = root.create_group(stores.split)
+        ids = ShardedWriter(group, n, {"volume": ((), str), "slice": ((), "int32")})
+        ids.append(volume=stores.volume, slice=stores.slice.astype(np.int32))
         ids.close()
-        written: list[str] = []
+        writers: dict[str, tuple[ShardedWriter, str]] = {}
 
         def write(run: Run, recon: np.ndarray) -> None:
-            parent = group if run.seed is None else group.require_group(run.variant)
-            name = run.variant if run.seed is None else f"seed{run.seed}"
-            w = ShardedWriter(parent, len(data), {name: ((c, c), "float32")})
+            if run.label not in writers:
+                parent = group if run.seed is None else group.require_group(run.variant)
+                name = run.variant if run.seed is None else f"seed{run.seed}"
+                writers[run.label] = (ShardedWriter(parent, n, {name: ((c, c), "float32")}), name)
+            w, name = writers[run.label]
             w.append(**{name: recon.astype(np.float32, copy=False)})
-            w.close()
-            written.append(run.label)
 
         yield write
-        root.attrs["runs"] = written
+        for w, _ in writers.values():
+            w.close()
+        root.attrs["runs"] = list(writers)
         finish_store(root)
 
 
@@ -275,7 +321,7 @@ def read_per_volume(path: Path | str) -> pd.DataFrame:
     return table
 
 
-def annotation_boxes(annotations: Path | str | None, slices_path: Path | str, data: SplitData,
+def annotation_boxes(annotations: Path | str | None, slices_path: Path | str, split: str, crop: int,
                      frame: int | None = None) -> dict[tuple[str, int], list[Box]]:
     """Ground-truth boxes of a split in the crop frame: {(volume file name, slice): [box]}.
 
@@ -284,6 +330,5 @@ def annotation_boxes(annotations: Path | str | None, slices_path: Path | str, da
     """
     from pipeline.roi_scores import split_boxes
 
-    found = split_boxes(annotations, slices_path, data.split, int(data.image.shape[-1]), frame,
-                        "data.annotation_frame")
+    found = split_boxes(annotations, slices_path, split, crop, frame, "data.annotation_frame")
     return {key: [b for b, _ in pairs] for key, pairs in found.items()}

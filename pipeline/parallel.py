@@ -9,6 +9,7 @@ forks from the thread calling `ordered_map`, so call it from a thread that outli
 from __future__ import annotations
 
 import ctypes
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -36,8 +37,27 @@ def worker_count(requested: int = 0) -> int:
 PR_SET_PDEATHSIG = 1
 
 
+M_MMAP_THRESHOLD = -3          # glibc mallopt parameter
+LARGE_ALLOCATION = 4 << 20
+
+
+def _init_worker(parent: int) -> None:
+    """Pool initializer: end this worker with `parent`, and give its large buffers back when freed.
+
+    glibc raises its mmap threshold to the largest block freed so far, so after the first job's
+    shard-sized buffers later ones come from the heap, which keeps what it grew to: a worker's
+    resident memory would creep up over its first dozen jobs. A fixed threshold keeps blocks of 4 MB
+    and more in their own mappings, returned to the system when freed."""
+    _die_with_parent(parent)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION)
+        except (OSError, AttributeError):   # not glibc
+            pass
+
+
 def _die_with_parent(parent: int) -> None:
-    """Pool initializer: end this worker when process `parent` ends (even by SIGKILL)."""
+    """End this worker when process `parent` ends (even by SIGKILL)."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -56,24 +76,36 @@ def _watch_parent(parent: int, interval: float = 1.0) -> None:
     os._exit(1)
 
 
-def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """Yield func(item) in input order; at most 2*workers results exist at once (memory stays flat)."""
-    items = list(items)
-    if workers <= 1 or len(items) <= 1:
-        for item in items:
+def forks() -> bool:
+    """Whether `ordered_map`'s workers are forked (and so inherit this process's memory maps)."""
+    return "fork" in mp.get_all_start_methods()
+
+
+def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int | None = None
+                ) -> Iterator[R]:
+    """Yield func(item) in input order. `items` is consumed lazily and at most `in_flight`
+    (default 2*workers) items are submitted ahead of the result the caller holds, so memory stays
+    flat however many items there are: item k + in_flight is submitted once result k is taken, after
+    the caller is done with result k - 1. One item (or workers <= 1) runs in this process."""
+    it = iter(items)
+    head = list(itertools.islice(it, 2))
+    if workers <= 1 or len(head) <= 1:
+        for item in itertools.chain(head, it):
             yield func(item)
         return
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        pending: deque = deque()
-        it = iter(items)
-        for item in it:
-            pending.append(pool.submit(func, item))
-            if len(pending) >= 2 * workers:
-                break
+    ahead = max(1, in_flight or 2 * workers)
+    ctx = mp.get_context("fork") if forks() else None
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(os.getpid(),))
+    try:
+        it = itertools.chain(head, it)
+        pending: deque = deque(pool.submit(func, item) for item in itertools.islice(it, ahead))
         while pending:
-            yield pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(func, nxt))
+            result = pending.popleft().result()
+            for item in itertools.islice(it, 1):
+                pending.append(pool.submit(func, item))
+            yield result
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=False)   # every result is in: the workers exit on their own, not waited for

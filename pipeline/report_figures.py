@@ -12,21 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from pipeline.evaluation import MODEL_VARIANTS, REFERENCE, ROI_VARIANTS, ZERO_FILLED, Evaluation, seed_means
 from pipeline.figures import ErrorPanel, write_error_maps
 from pipeline.figures_compare import forest_plot, paired_volume_plot, training_curves_plot
 from pipeline.store import atomic_path
-from pipeline.unet_data import SplitData
 
 LABELS = {ZERO_FILLED: "zero-filled", "baseline": "baseline", "weighted": "Grad-CAM weighted",
           "oracle": "oracle weighted"}
 COMPARED_IN_FOREST = ("roi_psnr", "psnr", "roi_ssim", "ssim")
 
 
-def write_figures(figures_dir: Path | str, error_maps_dir: Path | str, data: SplitData, ev: Evaluation,
+def write_figures(figures_dir: Path | str, error_maps_dir: Path | str, ev: Evaluation,
                   table: pd.DataFrame, detail: dict, boxes: dict, rows: Sequence[int]) -> int:
     """Write every figure (see the module doc); returns the number of PNGs."""
     comparisons = {name: {m: by_metric[m] for m in COMPARED_IN_FOREST if m in by_metric}
@@ -39,7 +37,7 @@ def write_figures(figures_dir: Path | str, error_maps_dir: Path | str, data: Spl
                            variants=ROI_VARIANTS, metric="roi_psnr")
         training_curves_plot(tmp / "training_curves.png",
                              {label: cfg.get("history", []) for label, cfg in ev.configs.items()})
-    names = write_error_maps(error_maps_dir, error_panels(data, ev, boxes, rows))
+    names = write_error_maps(error_maps_dir, error_panels(ev, boxes, rows))
     return 3 + len(names)
 
 
@@ -50,19 +48,17 @@ def seed_averaged(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def error_panels(data: SplitData, ev: Evaluation, boxes: dict, rows: Sequence[int]) -> list[ErrorPanel]:
+def error_panels(ev: Evaluation, boxes: dict, rows: Sequence[int]) -> list[ErrorPanel]:
     """One panel per chosen row: zero-filled and the first trained seed of each variant."""
-    shown = [ZERO_FILLED] + [next((lab for lab in ev.kept if lab.split(" ")[0] == v), None) for v in MODEL_VARIANTS]
-    shown = [lab for lab in shown if lab is not None]
+    labels = list(ev.panels[rows[0]].recons) if len(rows) else []   # every run, in evaluation order
+    shown = [ZERO_FILLED] + [next((lab for lab in labels if lab.split(" ")[0] == v), None) for v in MODEL_VARIANTS]
+    shown = [lab for lab in shown if lab in labels]
     panels = []
-    for j, i in enumerate(rows):
-        name, k = str(data.volume[i]), int(data.slice[i])
-        vol = data.volume == data.volume[i]
-        recons = {_display(lab): ev.kept[lab][j] for lab in shown}
-        panels.append(ErrorPanel(volume=name, slice=k, target=data.target_raw[i], recons=recons,
-                                 heat=None if data.heatmap is None else data.heatmap[i, 0].numpy(),
-                                 boxes=list(boxes.get((name, k), [])),
-                                 maxval=float(np.max(data.target_raw[vol]))))
+    for i in rows:
+        p = ev.panels[i]
+        panels.append(ErrorPanel(volume=p.volume, slice=p.slice, target=p.target,
+                                 recons={_display(lab): p.recons[lab] for lab in shown}, heat=p.heat,
+                                 boxes=list(boxes.get((p.volume, p.slice), [])), maxval=p.maxval))
     return panels
 
 

@@ -16,6 +16,7 @@ checksum mismatch or an undecodable chunk into one InputError line naming store,
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import math
 import os
@@ -25,8 +26,10 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+import google_crc32c
 import numpy as np
 import zarr
+from numcodecs.zstd import Zstd
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from pipeline.errors import InputError, first_line
@@ -84,6 +87,8 @@ class ShardedWriter:
     Image arrays (2-D rows) get one slice per chunk and are written a full shard at a time.
     Per-slice scalars and 1-D rows (masks) are one chunk each, written once at close(): one-element
     chunks would cost more in per-chunk overhead than the images themselves.
+    Each array records a content digest of its rows (attrs `content_blake2b`, see `content_digest`),
+    so a reader can key work to the data without reading it.
     """
 
     def __init__(self, group: zarr.Group, n: int, arrays: dict[str, tuple[tuple[int, ...], object]],
@@ -105,6 +110,7 @@ class ShardedWriter:
                 config={"write_empty_chunks": True},
             )
         self._big = set(big)
+        self._hash = {k: hashlib.blake2b(digest_size=16) for k in arrays}
         self._buf: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
         self._buffered = 0
         self._start = 0
@@ -116,7 +122,9 @@ class ShardedWriter:
         if len(lengths) != 1:
             raise ValueError("all arrays must get the same number of rows")
         for k, v in rows.items():
-            self._buf[k].append(np.asarray(v))
+            v = np.asarray(v)
+            self._buf[k].append(v)
+            self._hash[k].update(np.ascontiguousarray(v).tobytes())
         self._buffered += lengths.pop()
         while self._big and self._buffered >= self.shard:
             self._flush(self.shard)
@@ -141,6 +149,20 @@ class ShardedWriter:
             if self.n:
                 self.arrays[k][:] = np.concatenate(self._buf[k])
             self._buf[k] = []
+        for k, arr in self.arrays.items():
+            arr.attrs[DIGEST] = self._hash[k].hexdigest()
+
+
+DIGEST = "content_blake2b"
+
+
+def content_digest(arr: zarr.Array) -> str:
+    """The digest ShardedWriter recorded for the array's rows; a store written otherwise has none."""
+    digest = arr.attrs.get(DIGEST)
+    if not isinstance(digest, str):
+        raise InputError(f"{_where(arr)}: has no content digest (attrs '{DIGEST}'): written by an older "
+                         f"version or altered; rebuild the store")
+    return digest
 
 
 def checksum_codecs(dtype) -> list:
@@ -253,14 +275,102 @@ def reading(arr: zarr.Array, start: int | None = None) -> Iterator[None]:
     except (InputError, MemoryError, OSError):
         raise  # not damage: the stage wrapper reports an OSError with its path
     except Exception as exc:
-        where = ""
-        if start is not None and arr.ndim:
-            step = (arr.shards or arr.chunks)[0]
-            k = start // step
-            where = f" chunk c/{'/'.join([str(k)] + ['0'] * (arr.ndim - 1))} (rows {k * step}-" \
-                    f"{min((k + 1) * step, arr.shape[0]) - 1})"
         what = "checksum mismatch" if "checksum" in str(exc) else first_line(exc, 120)
-        raise InputError(f"{_where(arr)}:{where} damaged ({what})") from None
+        if start is not None and arr.ndim:
+            raise _damaged(arr, start, what) from None
+        raise InputError(f"{_where(arr)}: damaged ({what})") from None
+
+
+def _damaged(arr: zarr.Array, start: int, what: str) -> InputError:
+    step = (arr.shards or arr.chunks)[0]
+    k = start // step
+    where = f" chunk c/{'/'.join([str(k)] + ['0'] * (arr.ndim - 1))} (rows {k * step}-" \
+            f"{min((k + 1) * step, arr.shape[0]) - 1})"
+    return InputError(f"{_where(arr)}:{where} damaged ({what})")
+
+
+_INDEX_END = 2**64 - 1   # a shard index entry of a chunk that is not there
+
+
+class ShardRows:
+    """Single rows of an image array in the layout ShardedWriter writes (one row per inner chunk,
+    bytes + zstd + crc32c inside `sharding_indexed`, the index at the end with its own crc32c),
+    read straight from the shard files: about 10x less CPU per row than zarr's general path,
+    which matters when a DataLoader reads a shuffled batch slice by slice. The same checks as
+    zarr's, plus a missing chunk is damage; `ShardRows.for_array` returns None for any other
+    layout (read those with zarr)."""
+
+    def __init__(self, arr: zarr.Array, directory: Path):
+        self.arr, self.dir = arr, directory
+        self.rows_per_shard = int(arr.shards[0])
+        self.row_shape = tuple(int(n) for n in arr.shape[1:])
+        self.dtype = np.dtype(arr.dtype)
+        self._index: dict[int, np.ndarray] = {}
+        self._zstd = Zstd()
+
+    @classmethod
+    def for_array(cls, arr: zarr.Array) -> "ShardRows | None":
+        meta = arr.metadata.to_dict()
+        codecs = meta.get("codecs", [])
+        if arr.ndim < 2 or arr.shards is None or len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+            return None
+        conf = codecs[0]["configuration"]
+        inner = [c.get("name") for c in conf["codecs"]]
+        index = [c.get("name") for c in conf["index_codecs"]]
+        little = all(c.get("configuration", {}).get("endian", "little") == "little"
+                     for c in conf["codecs"] + conf["index_codecs"] if c.get("name") == "bytes")
+        key = meta.get("chunk_key_encoding", {})
+        if (inner != ["bytes", "zstd", "crc32c"] or index != ["bytes", "crc32c"] or not little
+                or conf.get("index_location", "end") != "end" or tuple(conf["chunk_shape"])[0] != 1
+                or tuple(conf["chunk_shape"][1:]) != tuple(arr.shape[1:])
+                or key.get("name") != "default" or key.get("configuration", {}).get("separator", "/") != "/"
+                or np.dtype(arr.dtype).kind not in "fiub"):
+            return None
+        store_root = getattr(arr.store, "root", None)
+        if store_root is None:
+            return None
+        return cls(arr, Path(store_root) / arr.path)
+
+    def _shard_file(self, k: int) -> Path:
+        return self.dir / "c" / "/".join([str(k)] + ["0"] * (len(self.row_shape)))
+
+    def _shard_index(self, k: int) -> np.ndarray:
+        if k not in self._index:
+            n = self.rows_per_shard * 16 + 4
+            with open(self._shard_file(k), "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                raw = os.pread(fh.fileno(), n, size - n) if size >= n else b""
+            if len(raw) != n:
+                raise _damaged(self.arr, k * self.rows_per_shard, "truncated shard index")
+            if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                raise _damaged(self.arr, k * self.rows_per_shard, "checksum mismatch")
+            self._index[k] = np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2)
+        return self._index[k]
+
+    def read(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """out[i] = row rows[i], for each i."""
+        for i, row in enumerate(np.asarray(rows, dtype=np.int64)):
+            out[i] = self.row(int(row))
+
+    def row(self, row: int) -> np.ndarray:
+        k, j = divmod(row, self.rows_per_shard)
+        offset, nbytes = (int(v) for v in self._shard_index(k)[j])
+        if offset == _INDEX_END:
+            raise _damaged(self.arr, row, "missing chunk")
+        with open(self._shard_file(k), "rb") as fh:
+            raw = os.pread(fh.fileno(), nbytes, offset)
+        if len(raw) != nbytes or nbytes < 4:
+            raise _damaged(self.arr, row, "truncated chunk")
+        if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            raise _damaged(self.arr, row, "checksum mismatch")
+        try:
+            data = self._zstd.decode(raw[:-4])
+        except Exception as exc:
+            raise _damaged(self.arr, row, first_line(exc, 120)) from None
+        expected = self.dtype.itemsize * int(np.prod(self.row_shape))
+        if len(data) != expected:
+            raise _damaged(self.arr, row, f"chunk of {len(data)} bytes, expected {expected}")
+        return np.frombuffer(data, dtype=self.dtype.newbyteorder("<")).reshape(self.row_shape)
 
 
 def read_rows(arr: zarr.Array, start: int | None = None, stop: int | None = None) -> np.ndarray:

@@ -1,64 +1,38 @@
-"""U-Net training/evaluation data: one split of the slices, undersampled and heatmaps stores, in memory.
+"""U-Net data: one split of the slices, undersampled and ROI-map stores, read slice by slice.
 
-The stores are small (a split is tens of MB at crop 128), so each split is read once, a shard at a
-time, into contiguous tensors; batches are then plain index gathers, and the loader is never the
-bottleneck (the training loop measures and logs the share of step time spent waiting for data).
+`SliceStores` is a `torch.utils.data.Dataset` whose items are *batches*: `stores[rows]` reads those
+rows of every store (one zarr chunk per slice and array) and returns them normalised. Only the
+per-slice index (volume, slice) and scalars (mean, std, max) are held in memory, a few bytes per
+slice; images are read when a batch asks for them, so memory does not grow with the split. The
+loaders below put it behind a `DataLoader` (worker processes, pinned memory on CUDA):
+`train_loader` shards shuffled batches over ranks with a `DistributedSampler`; `volume_loader`
+gives each rank whole volumes (as fastMRI's `VolumeSampler` does), one volume per item.
 
 Normalisation is fastMRI's `UnetDataTransform`: the zero-filled image is instance-normalised with its
 own mean and std (eps 1e-11) and clamped to [-6, 6]; the target is normalised with the same mean and
 std and clamped likewise. Outputs go back to target units as `out * std + mean`.
+
+Every batch is checked as it is read (finite values, statistics that are the image's own, no blank
+target, ROI maps in [0, 1]): a damaged store is an InputError naming the store and the row.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import zarr
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from pipeline.errors import InputError
-from pipeline.store import check_aligned, open_store, read_rows, reading, split_group
+from pipeline.metrics import volume_slices
+from pipeline.store import ShardRows, check_aligned, content_digest, open_store, read_rows, reading, split_group
 
 EPS = 1e-11
 CLAMP = 6.0
-
-
-@dataclass
-class SplitData:
-    """One split, aligned row by row with the slices store."""
-    split: str
-    volume: np.ndarray          # str (N,)
-    slice: np.ndarray           # int32 (N,)
-    image: torch.Tensor         # (N,1,C,C) normalised, clamped zero-filled input
-    target: torch.Tensor        # (N,1,C,C) normalised, clamped target
-    mean: torch.Tensor          # (N,)
-    std: torch.Tensor           # (N,)
-    heatmap: Optional[torch.Tensor]  # (N,1,C,C) in [0, 1], or None
-    target_raw: Optional[np.ndarray] = None   # (N,C,C) target units (kept for metrics)
-    zero_filled: Optional[np.ndarray] = None  # (N,C,C) target units
-    max_value: Optional[np.ndarray] = None    # (N,)
-
-    def __len__(self) -> int:
-        return len(self.volume)
-
-    def fingerprint(self) -> str:
-        """Content hash of the training inputs (keys resume checkpoints to the data they were made from)."""
-        h = hashlib.blake2b(digest_size=12)
-        for t in (self.image, self.target, self.heatmap):
-            if t is not None:
-                h.update(t.cpu().numpy().tobytes())
-        h.update("\0".join(self.volume.tolist()).encode())
-        return h.hexdigest()
-
-    def to(self, device: torch.device) -> "SplitData":
-        for name in ("image", "target", "mean", "std", "heatmap"):
-            t = getattr(self, name)
-            if t is not None:
-                setattr(self, name, t.to(device))
-        return self
+Batch = dict[str, Any]
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -73,112 +47,258 @@ def denormalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
     return x * std.view(shape) + mean.view(shape)
 
 
-def _read(group: zarr.Group, name: str, where: str, progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
-    """Read a whole array a shard at a time (one request per shard file, not per slice); a damaged
-    shard (checksum mismatch, bad index) is an InputError naming the store, array and shard."""
-    if name not in group:
-        raise InputError(f"{where}: has no '{name}' array")
-    arr = group[name]
-    step = (arr.shards or arr.chunks)[0] if arr.ndim else 1
-    if arr.ndim == 0 or arr.shape[0] == 0:
-        return read_rows(arr)
-    out = np.empty(arr.shape, dtype=arr.dtype if arr.dtype.kind not in "OTU" else object)
-    for start in range(0, arr.shape[0], step):
-        with reading(arr, start):
-            out[start:start + step] = arr[start:start + step]
-        if progress:
-            progress(min(step, arr.shape[0] - start))
+class SliceStores(Dataset):
+    """One split of the stores; `self[rows]` is a batch (see the module doc).
+
+    A batch holds `rows` (int64), `image` and `target` (B,1,C,C, normalised and clamped), `mean`
+    and `std` (B,), `heatmap` (B,1,C,C in [0, 1]) when an ROI store is given, and with `raw=True`
+    also `target_raw` and `zero_filled` (B,C,C, target units) and `max_value` (B,)."""
+
+    def __init__(self, slices: Path | str, undersampled: Path | str, heatmaps: Path | str | None, split: str,
+                 *, raw: bool = False):
+        self.paths = {"slices": Path(slices), "undersampled": Path(undersampled),
+                      "heatmaps": Path(heatmaps) if heatmaps is not None else None}
+        self.split, self.raw = split, raw
+        groups = self._open()
+        s, u, h = groups["slices"], groups["undersampled"], groups["heatmaps"]
+        check_aligned(s, u, f"{undersampled} [{split}]")
+        if h is not None:
+            check_aligned(s, h, f"{heatmaps} [{split}]")
+        self.volume = read_rows(s["volume"])
+        self.slice = np.asarray(read_rows(s["slice"]), dtype=np.int32)
+        if len(self.volume) == 0:
+            raise InputError(f"{slices} [{split}]: split has no slices")
+        self._check_shapes(groups)
+        self.mean = self._scalars(u, "mean", self.where("undersampled"))
+        self.std = self._scalars(u, "std", self.where("undersampled"))
+        bad = np.flatnonzero(~(self.std > 0))
+        if bad.size:
+            raise InputError(f"{self.where('undersampled')} std: {bad.size} slice(s) with std {self.std[bad[0]]:g}, "
+                             f"first {self._row(bad[0])}; the store is damaged, rebuild it")
+        self.max_value = self._scalars(s, "max_value", self.where("slices")) if raw else None
+        self._groups: Optional[dict] = groups
+        self._fast: dict[str, Optional[ShardRows]] = {}
+
+    # -------------------------------------------------------------- opening and checks
+
+    def _open(self) -> dict[str, Optional[zarr.Group]]:
+        kinds = {"slices": "slices", "undersampled": "undersampled", "heatmaps": "heatmaps"}
+        return {name: (split_group(open_store(path, kind=kinds[name]), self.split, path) if path is not None else None)
+                for name, path in self.paths.items()}
+
+    def where(self, store: str) -> str:
+        return f"{self.paths[store]} [{self.split}]"
+
+    def _row(self, i: int) -> str:
+        return f"row {i} ({self.volume[i]})"
+
+    def _check_shapes(self, groups: dict) -> None:
+        arrays = {"slices": "target", "undersampled": "image", "heatmaps": "heatmap"}
+        shapes = {}
+        for store, name in arrays.items():
+            g = groups[store]
+            if g is None:
+                continue
+            if name not in g:
+                raise InputError(f"{self.where(store)}: has no '{name}' array")
+            shapes[store] = tuple(g[name].shape)
+        target = shapes["slices"]
+        if len(target) != 3 or target[1] != target[2]:
+            raise InputError(f"{self.where('slices')}: target shape {target} is not (N, C, C)")
+        for store, shape in shapes.items():
+            if shape != target:
+                raise InputError(f"{self.where(store)}: {arrays[store]} shape {shape} differs from the target "
+                                 f"shape {target} in {self.paths['slices']}")
+        self.crop = int(target[-1])
+
+    def _scalars(self, group: zarr.Group, name: str, where: str) -> np.ndarray:
+        if name not in group:
+            raise InputError(f"{where}: has no '{name}' array")
+        values = np.asarray(read_rows(group[name]), dtype=np.float32)
+        if values.shape != (len(self),):
+            raise InputError(f"{where}: {name} must have shape ({len(self)},)")
+        if not np.isfinite(values).all():
+            raise InputError(f"{where} {name}: contains NaN or Inf")
+        return values
+
+    # -------------------------------------------------------------- Dataset
+
+    def __len__(self) -> int:
+        return len(self.volume)
+
+    def __getstate__(self) -> dict:  # worker processes open their own zarr handles
+        return {**self.__dict__, "_groups": None, "_fast": {}}
+
+    def _rows(self, store: str, name: str, rows: np.ndarray) -> np.ndarray:
+        groups = self._groups = self._groups or self._open()
+        arr = groups[store][name]
+        if name not in self._fast:
+            self._fast[name] = ShardRows.for_array(arr)
+        return read_image_rows(arr, rows, self._fast[name])
+
+    def volumes(self) -> list[tuple[str, slice]]:
+        return volume_slices(self.volume)
+
+    def fingerprint(self) -> str:
+        """Content hash of the training inputs from the stores' recorded digests (no data read):
+        keys resume checkpoints to the data they were made from."""
+        groups = self._groups or self._open()
+        h = hashlib.blake2b(digest_size=12)
+        for store, names in (("slices", ("volume", "slice", "target")), ("undersampled", ("image", "mean", "std")),
+                             ("heatmaps", ("heatmap",))):
+            if groups[store] is not None:
+                for name in names:
+                    h.update(content_digest(groups[store][name]).encode())
+        return h.hexdigest()
+
+    def __getitem__(self, rows: Sequence[int]) -> Batch:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside 0..{len(self) - 1}")
+        target = self._rows("slices", "target", rows)
+        image = self._rows("undersampled", "image", rows)
+        self._check_batch(rows, image, target)
+        mean, std = torch.from_numpy(self.mean[rows]), torch.from_numpy(self.std[rows])
+        batch: Batch = {
+            "rows": torch.from_numpy(rows), "mean": mean, "std": std,
+            "image": normalize(torch.from_numpy(image), mean, std).unsqueeze(1),
+            "target": normalize(torch.from_numpy(target), mean, std).unsqueeze(1),
+        }
+        if self.paths["heatmaps"] is not None:
+            batch["heatmap"] = torch.from_numpy(self._heatmap(rows)).unsqueeze(1)
+        if self.raw:
+            batch.update(target_raw=torch.from_numpy(target), zero_filled=torch.from_numpy(image),
+                         max_value=torch.from_numpy(self.max_value[rows]))
+        return batch
+
+    def _check_batch(self, rows: np.ndarray, image: np.ndarray, target: np.ndarray) -> None:
+        """A damaged or zeroed chunk shows as non-finite values, statistics that are not the image's
+        own, or a blank target slice."""
+        for what, x in (("slices", target), ("undersampled", image)):
+            bad = ~np.isfinite(x).all(axis=(1, 2))
+            if bad.any():
+                raise InputError(f"{self.where(what)} {'target' if what == 'slices' else 'image'}: contains NaN or "
+                                 f"Inf, {self._row(rows[bad.argmax()])}")
+        flat = image.reshape(len(image), -1)
+        own_mean, own_std = flat.mean(axis=1), flat.std(axis=1, ddof=1)
+        mean, std = self.mean[rows], self.std[rows]
+        off = (np.abs(own_std - std) > 1e-3 * std) | (np.abs(own_mean - mean) > 1e-3 * std)
+        if off.any():
+            j = int(off.argmax())
+            raise InputError(f"{self.where('undersampled')} mean/std: stored mean/std ({mean[j]:.4g}/{std[j]:.4g}) "
+                             f"are not the image's own ({own_mean[j]:.4g}/{own_std[j]:.4g}), "
+                             f"{self._row(rows[j])}; the store is damaged, rebuild it")
+        blank = ~target.any(axis=(1, 2))
+        if blank.any():
+            raise InputError(f"{self.where('slices')} target: all-zero slice where the zero-filled image has "
+                             f"signal, {self._row(rows[blank.argmax()])}; the store is damaged, rebuild it")
+
+    def _heatmap(self, rows: np.ndarray) -> np.ndarray:
+        hm = self._rows("heatmaps", "heatmap", rows)
+        if not np.isfinite(hm).all():
+            raise InputError(f"{self.where('heatmaps')} heatmap: contains NaN or Inf")
+        if hm.min() < -1e-6 or hm.max() > 1 + 1e-6:
+            raise InputError(f"{self.where('heatmaps')} heatmap: values must lie in [0, 1], "
+                             f"found [{hm.min():.3g}, {hm.max():.3g}]")
+        return np.clip(hm, 0, 1)
+
+
+def read_image_rows(arr: zarr.Array, rows: np.ndarray, fast: Optional[ShardRows] = None) -> np.ndarray:
+    """`arr[rows]` as float32. With `fast` (the array's `ShardRows`), row by row from the shard files;
+    else through zarr, one request per run of consecutive rows within a shard (a volume is a request
+    or two). Either way a damaged chunk is an InputError naming its shard (`pipeline.store`)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows),) + tuple(arr.shape[1:]), dtype=np.float32)
+    if fast is not None:
+        fast.read(rows, out)
+        return out
+    shard = (arr.shards or arr.chunks)[0]
+    breaks = np.flatnonzero((np.diff(rows) != 1) | (rows[1:] // shard != rows[:-1] // shard)) + 1
+    for part in np.split(np.arange(len(rows)), breaks):
+        if len(part):
+            a, b = int(rows[part[0]]), int(rows[part[-1]]) + 1
+            with reading(arr, a):
+                out[part[0]:part[-1] + 1] = arr[a:b]
     return out
 
 
-def _finite(x: np.ndarray, what: str) -> None:
-    if not np.isfinite(x).all():
-        raise InputError(f"{what}: contains NaN or Inf")
+# ---------------------------------------------------------------- loaders
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # workers read and decode; the main process owns the cores' compute
 
 
-def _check_stats(image: np.ndarray, target: np.ndarray, mean: np.ndarray, std: np.ndarray, volume: np.ndarray,
-                 slices: str, undersampled: str) -> None:
-    """Sanity of the normalisation statistics and of the slices against one another: a damaged
-    or zeroed chunk shows as std 0, stats that are not the image's own, or a blank target slice
-    whose zero-filled input has signal."""
-    def row(i: int) -> str:
-        return f"row {i} ({volume[i]})"
-
-    bad = np.flatnonzero(~(std > 0))
-    if bad.size:
-        raise InputError(f"{undersampled} std: {bad.size} slice(s) with std {std[bad[0]]:g}, first {row(bad[0])}; "
-                         f"the store is damaged, rebuild it")
-    own_mean, own_std = np.empty(len(image), np.float32), np.empty(len(image), np.float32)
-    for a in range(0, len(image), 256):  # blocks bound the temporary; float32 (pairwise sums) is ~1e-6 exact
-        flat = image[a:a + 256].reshape(len(image[a:a + 256]), -1)
-        own_mean[a:a + 256], own_std[a:a + 256] = flat.mean(axis=1), flat.std(axis=1, ddof=1)
-    off = np.flatnonzero((np.abs(own_std - std) > 1e-3 * std)
-                         | (np.abs(own_mean - mean) > 1e-3 * std))
-    if off.size:
-        i = off[0]
-        raise InputError(f"{undersampled} mean/std: {off.size} slice(s) whose stored mean/std "
-                         f"({mean[i]:.4g}/{std[i]:.4g}) are not the image's own ({own_mean[i]:.4g}/"
-                         f"{own_std[i]:.4g}), first {row(i)}; the store is damaged, rebuild it")
-    blank = np.flatnonzero(~target.any(axis=(1, 2)))
-    if blank.size:
-        raise InputError(f"{slices} target: {blank.size} all-zero slice(s) where the zero-filled image has "
-                         f"signal, first {row(blank[0])}; the store is damaged, rebuild it")
+def _loader(stores: SliceStores, batches: Any, workers: int, device: torch.device) -> DataLoader:
+    """Each item of `batches` is a list of rows; the dataset returns it as one batch (no collation)."""
+    return DataLoader(stores, sampler=batches, batch_size=None, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=_one_thread if workers else None)
 
 
-def load_split(slices: Path | str, undersampled: Path | str, heatmaps: Path | str | None, split: str, *,
-               keep_raw: bool = False, progress: Optional[Callable[[int], None]] = None) -> SplitData:
-    """Read one split of the three stores, check they line up, normalise as fastMRI does."""
-    s_root = open_store(slices, kind="slices")
-    u_root = open_store(undersampled, kind="undersampled")
-    s = split_group(s_root, split, slices)
-    u = split_group(u_root, split, undersampled)
-    check_aligned(s, u, f"{undersampled} [{split}]")
-    h = None
-    if heatmaps is not None:
-        h = split_group(open_store(heatmaps, kind="heatmaps"), split, heatmaps)
-        check_aligned(s, h, f"{heatmaps} [{split}]")
+def train_batches(n: int, batch_size: int, world: int, rank: int, seed: int) -> tuple[DistributedSampler, BatchSampler]:
+    """This rank's shuffled batches: `DistributedSampler` (a new shuffle per `set_epoch`, every slice
+    once per epoch over the ranks when `n` divides by `world`) cut into batches of
+    `ceil(batch_size / world)`, so the ranks' batches together are one global batch."""
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    return sampler, BatchSampler(sampler, max(1, -(-batch_size // world)), drop_last=False)
 
-    volume = read_rows(s["volume"])
-    n = len(volume)
-    if n == 0:
-        raise InputError(f"{slices} [{split}]: split has no slices")
-    target = _read(s, "target", f"{slices} [{split}]", progress).astype(np.float32, copy=False)
-    image = _read(u, "image", f"{undersampled} [{split}]", progress).astype(np.float32, copy=False)
-    if target.shape != image.shape or target.ndim != 3:
-        raise InputError(f"{undersampled} [{split}]: image shape {image.shape} differs from the target shape "
-                         f"{target.shape} in {slices}")
-    _finite(target, f"{slices} [{split}] target")
-    _finite(image, f"{undersampled} [{split}] image")
-    mean = _read(u, "mean", f"{undersampled} [{split}]").astype(np.float32)
-    std = _read(u, "std", f"{undersampled} [{split}]").astype(np.float32)
-    if mean.shape != (n,) or std.shape != (n,):
-        raise InputError(f"{undersampled} [{split}]: mean/std must have shape ({n},)")
-    _finite(mean, f"{undersampled} [{split}] mean")
-    _finite(std, f"{undersampled} [{split}] std")
-    if (std < 0).any():
-        raise InputError(f"{undersampled} [{split}] std: negative values")
-    _check_stats(image, target, mean, std, volume, f"{slices} [{split}]", f"{undersampled} [{split}]")
 
-    heat = None
-    if h is not None:
-        hm = _read(h, "heatmap", f"{heatmaps} [{split}]", progress).astype(np.float32, copy=False)
-        if hm.shape != target.shape:
-            raise InputError(f"{heatmaps} [{split}]: heatmap shape {hm.shape} differs from the target shape "
-                             f"{target.shape} in {slices}")
-        _finite(hm, f"{heatmaps} [{split}] heatmap")
-        if hm.min() < -1e-6 or hm.max() > 1 + 1e-6:
-            raise InputError(f"{heatmaps} [{split}] heatmap: values must lie in [0, 1], "
-                             f"found [{hm.min():.3g}, {hm.max():.3g}]")
-        heat = torch.from_numpy(np.clip(hm, 0, 1)).unsqueeze(1)
+def train_loader(stores: SliceStores, batches: BatchSampler, workers: int, device: torch.device) -> DataLoader:
+    return _loader(stores, batches, workers, device)
 
-    mean_t, std_t = torch.from_numpy(mean), torch.from_numpy(std)
-    data = SplitData(
-        split=split, volume=volume, slice=np.asarray(read_rows(s["slice"]), dtype=np.int32),
-        image=normalize(torch.from_numpy(image), mean_t, std_t).unsqueeze(1).contiguous(),
-        target=normalize(torch.from_numpy(target), mean_t, std_t).unsqueeze(1).contiguous(),
-        mean=mean_t, std=std_t, heatmap=heat,
-    )
-    if keep_raw:
-        data.target_raw, data.zero_filled = target, image
-        data.max_value = _read(s, "max_value", f"{slices} [{split}]").astype(np.float32)
-    return data
+
+def rank_volumes(volumes: list[tuple[str, slice]], world: int, rank: int) -> list[tuple[str, slice]]:
+    """Whole volumes per rank (every world-th, as fastMRI's VolumeSampler keeps volumes whole)."""
+    return volumes[rank::world]
+
+
+def volume_loader(stores: SliceStores, volumes: list[tuple[str, slice]], workers: int,
+                  device: torch.device) -> DataLoader:
+    """One item per volume: all of its slices as one batch, in volume order."""
+    return _loader(stores, [list(range(sl.start, sl.stop)) for _, sl in volumes], workers, device)
+
+
+def iterate(loader: DataLoader) -> Iterator[Batch]:
+    """Iterate a loader; an InputError raised in a worker process comes back as its own one line
+    (the DataLoader wraps it in a traceback)."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except InputError as exc:
+            raise InputError(_worker_message(str(exc))) from None
+        yield batch
+
+
+def _worker_message(text: str) -> str:
+    if not text.startswith("Caught InputError"):
+        return text
+    marker = "InputError: "
+    tail = text.rstrip().splitlines()[-1]
+    return tail.split(marker, 1)[1] if marker in tail else tail
+
+
+def to_device(batch: Batch, device: torch.device, keys: Sequence[str]) -> list[Optional[torch.Tensor]]:
+    """The batch's tensors under `keys` on `device` (non-blocking from pinned memory); None when absent.
+    Images go channels_last on CUDA."""
+    out = []
+    for k in keys:
+        t = batch.get(k)
+        if t is not None and device.type != "cpu":
+            t = t.to(device, non_blocking=True)
+            if t.ndim == 4:
+                t = t.contiguous(memory_format=torch.channels_last)
+        out.append(t)
+    return out
+
+
+def acquisition(undersampled: Path | str) -> dict[str, Any]:
+    """How the undersampled store's inputs were made: {"challenge", "crop", "mask": {type, acceleration,
+    center_fraction}} (kept in U-Net checkpoints, so new files can be undersampled the same way)."""
+    attrs = open_store(undersampled, kind="undersampled").attrs
+    missing = [k for k in ("challenge", "crop", "mask") if k not in attrs]
+    if missing:
+        raise InputError(f"{undersampled}: store attrs lack {', '.join(missing)}; rebuild it with undersample")
+    return {"challenge": attrs["challenge"], "crop": int(attrs["crop"]), "mask": dict(attrs["mask"])}

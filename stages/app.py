@@ -12,8 +12,9 @@ import typer
 from pipeline.errors import InputError
 
 app = typer.Typer(
-    help="ROI-weighted accelerated knee MRI reconstruction. Each subcommand is one DVC stage "
-         "(see dvc.yaml); `dvc repro` runs them in order.",
+    help="ROI-weighted accelerated knee MRI reconstruction. Each subcommand but `reconstruct` is one "
+         "DVC stage (see dvc.yaml), and `dvc repro` runs them in order; `reconstruct` runs a trained "
+         "U-Net on new fastMRI files.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 

@@ -9,13 +9,14 @@ import inspect
 import signal
 import sys
 
-from stages import boxmaps, evaluate, gradcam, mrnet, slices, summary, synthesize, unet  # noqa: F401  (registers commands)
+from stages import boxmaps, evaluate, gradcam, mrnet, reconstruct, slices, summary, synthesize, unet  # noqa: F401  (registers commands)
 from stages.app import app
 
 # `roirecon --help` lists the commands in the order `dvc repro` runs them (dvc.yaml), not in
-# import or alphabetical order; typer's group lists them in registration order.
+# import or alphabetical order; typer's group lists them in registration order. `reconstruct` is no
+# DVC stage (new files through a trained U-Net): it comes last.
 PIPELINE_ORDER = ("synthesize", "prepare", "undersample", "train-mrnet", "gradcam", "boxmaps",
-                  "train-unet", "evaluate", "summary")
+                  "train-unet", "evaluate", "summary", "reconstruct")
 
 
 def _pipeline_rank(info) -> int:

@@ -41,35 +41,34 @@ def evaluate_cmd(
     data.annotations, data.annotation_frame."""
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.evaluation import (annotation_boxes, evaluate, model_runs, per_volume_table,
-                                     reconstructions_writer, roi_masks, summarize, write_per_volume)
+                                     reconstructions_writer, roi_area, summarize, write_per_volume)
     from pipeline.reports import metrics_table, write_json
     from pipeline.figures import choose_slices
     from pipeline.models.registry import model_config
     from pipeline.report_figures import write_figures
-    from pipeline.unet_data import load_split
+    from pipeline.unet_data import SliceStores
     from stages.progress import bar
     from stages.settings import load_params
 
     p = load_params(params)
-    e = p.evaluate
+    e, u = p.evaluate, p.unet
     ann = annotations if annotations is not None else (Path(p.data.annotations) if p.data.annotations else None)
-    runs = model_runs(models, p.unet.seeds)
-    data = load_split(slices, undersampled, heatmaps, e.split, keep_raw=True)
-    boxes = annotation_boxes(ann, slices, data, p.data.annotation_frame)
-    roi_area = roi_masks(data, boxes).sum(axis=(1, 2))
-    rows = choose_slices(data.volume, data.slice, roi_area, e.n_figures)
-    with reconstructions_writer(out, data, {"seeds": list(p.unet.seeds)}) as write, \
-            bar(len(runs) + 1, f"evaluate {e.split}", unit="run") as update:
-        u = p.unet
-        ev = evaluate(data, runs, boxes, e.device, keep_rows=rows, on_recon=write, progress=update,
-                      expected_model=model_config(u.arch, u.chans, u.num_pool_layers, u.drop_prob, u.residual))
+    runs = model_runs(models, u.seeds)
+    stores = SliceStores(slices, undersampled, heatmaps, e.split, raw=True)
+    boxes = annotation_boxes(ann, slices, e.split, stores.crop, p.data.annotation_frame)
+    rows = choose_slices(stores.volume, stores.slice, roi_area(stores, boxes), e.n_figures)
+    with reconstructions_writer(out, stores, {"seeds": list(u.seeds)}) as write, \
+            bar(len(stores.volumes()), f"evaluate {e.split}: {len(runs) + 1} runs", unit="volume") as update:
+        ev = evaluate(stores, runs, boxes, e.device, keep_rows=rows, on_recon=write, progress=update,
+                      expected_model=model_config(u.arch, u.chans, u.num_pool_layers, u.drop_prob, u.residual),
+                      workers=e.num_workers)
     table = per_volume_table(ev.per_volume)
     tracked, info = summarize(table, e.bootstrap_resamples)
     info["ms_per_slice"] = ev.ms_per_slice
     write_per_volume(per_volume, ev.per_volume)
     write_json(metrics, tracked)
     write_json(detail, info)
-    n_png = write_figures(figures, error_maps, data, ev, table, info, boxes, rows)
+    n_png = write_figures(figures, error_maps, ev, table, info, boxes, rows)
     typer.echo(f"evaluate: {info['n_volumes']} {e.split} volumes ({info['n_roi_volumes']} with ROI boxes), "
                f"{info['n_slices']} slices, {len(runs)} U-Nets -> {metrics}, {detail}, {per_volume}, {out}, "
                f"{n_png} figures")

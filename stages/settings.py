@@ -39,6 +39,8 @@ class DataSettings(Section):
     annotations: Optional[str]
     annotation_frame: Optional[int] = Field(ge=1, description="recon frame of the boxes; None = target shape")
     workers: int = Field(ge=0, description="worker processes; 0 = one per core")
+    test_from_val: float = Field(ge=0, lt=1, description="0: raw_dir/test as it is; else the share of "
+                                 "val's files (by patient) carved out to be the test split")
 
 
 class SyntheticSettings(Section):
@@ -115,6 +117,10 @@ class UNetSettings(Section):
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     device: Literal["auto", "cpu", "cuda"]
+    nproc: int = Field(ge=1, description="processes (GPUs) per training run; > 1 runs under torchrun")
+    num_workers: int = Field(ge=0, description="DataLoader worker processes per rank")
+    deterministic: bool
+    compile: bool
 
     @field_validator("seeds")
     @classmethod
@@ -135,6 +141,7 @@ class EvaluateSettings(Section):
     n_figures: int = Field(ge=0)
     bootstrap_resamples: int = Field(ge=1000)
     device: Literal["auto", "cpu", "cuda"]
+    num_workers: int = Field(ge=0, description="DataLoader worker processes")
 
 
 class Params(Section):

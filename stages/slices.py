@@ -8,7 +8,8 @@ import typer
 
 from stages.app import PARAMS_OPTION, app, stage
 
-RAW_HELP = "fastMRI root with {train,val,test}/*.h5 (default: data.raw_dir)"
+RAW_HELP = ("fastMRI root with {train,val,test}/*.h5, or {train,val} with data.test_from_val > 0 "
+            "(default: data.raw_dir)")
 
 
 @app.command("prepare")
@@ -33,7 +34,7 @@ def prepare_cmd(
 
     p = load_params(params)
     raw = raw_dir or Path(p.data.raw_dir)
-    scans = scan(raw, p.data.challenge, p.data.crop)
+    scans = scan(raw, p.data.challenge, p.data.crop, test_from_val=p.data.test_from_val)
     total = sum(i.n_slices for infos in scans.values() for i in infos)
     with bar(total, "prepare") as update:
         counts = build_slices_store(out, scans, raw_dir=str(raw), challenge=p.data.challenge, crop=p.data.crop,
@@ -65,7 +66,7 @@ def undersample_cmd(
     raw = raw_dir or Path(p.data.raw_dir)
     m = p.mask
     spec = MaskSpec(m.type, m.acceleration, m.center_fraction)
-    scans = scan(raw, p.data.challenge, p.data.crop)
+    scans = scan(raw, p.data.challenge, p.data.crop, test_from_val=p.data.test_from_val)
     total = sum(i.n_slices for infos in scans.values() for i in infos)
     with bar(total, "undersample") as update:
         counts = build_undersampled_store(out, scans, raw_dir=str(raw), challenge=p.data.challenge,

@@ -15,7 +15,7 @@ from stages import progress
 from tests.helpers import REPO
 
 PIPELINE = ["synthesize", "prepare", "undersample", "train-mrnet", "gradcam", "boxmaps", "train-unet",
-            "evaluate", "summary"]
+            "evaluate", "summary", "reconstruct"]  # reconstruct: no DVC stage, new files through a U-Net
 HEAVY = ("torch", "zarr", "matplotlib", "pandas", "scipy", "dvclive", "h5py", "tqdm")
 
 

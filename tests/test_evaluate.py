@@ -21,7 +21,7 @@ from pipeline.models.unet_seed import SeedUnet
 from pipeline.stats import compare
 from pipeline.store import as_str, open_store
 from pipeline.training.unet import train_unet
-from pipeline.unet_data import load_split
+from pipeline.unet_data import SliceStores
 from tests.helpers import run_cli, write_params
 from tests.test_unet import CROP, TINY_UNET, _cfg, build_stores, fake_heatmaps, one_thread  # noqa: F401
 
@@ -49,7 +49,7 @@ def setup(tiny_fastmri, tmp_path_factory):
     write_box_maps(d / "boxmaps.zarr", d / "slices.zarr", d / "annotations.csv")
     args = (d / "slices.zarr", d / "undersampled.zarr")
     for variant, maps in (("baseline", None), ("weighted", d / "heatmaps.zarr"), ("oracle", d / "boxmaps.zarr")):
-        train, val = load_split(*args, maps, "train"), load_split(*args, maps, "val", keep_raw=True)
+        train, val = SliceStores(*args, maps, "train"), SliceStores(*args, maps, "val", raw=True)
         for s in SEEDS:
             train_unet(train, val, _cfg(variant=variant, epochs=2, lr=3e-3, seed=s,
                                         roi_weight=0.0 if variant == "baseline" else 4.0),

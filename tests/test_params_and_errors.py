@@ -493,11 +493,16 @@ def test_output_below_a_file_is_one_line(tmp_path, tiny_fastmri):
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC, errno.EACCES])
 def test_os_errors_while_writing_are_one_line(tmp_path, tiny_fastmri, monkeypatch, code):
-    import pipeline.store as store
+    """The error is raised where bytes reach the disk (zarr's LocalStore), under every writer."""
+    import zarr.storage
 
-    def fail(self, count):
-        raise OSError(code, os.strerror(code), "/data/out/shard.bin")
-    monkeypatch.setattr(store.ShardedWriter, "_flush", fail)
+    set_bytes = zarr.storage.LocalStore.set
+
+    async def fail_on_chunks(self, key, value, *a, **k):
+        if "/c/" in key:        # a shard of data; metadata (zarr.json) is written as usual
+            raise OSError(code, os.strerror(code), "/data/out/shard.bin")
+        return await set_bytes(self, key, value, *a, **k)
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", fail_on_chunks)
     out = tmp_path / "s.zarr"
     r = run_cli("prepare", "--raw-dir", tiny_fastmri, "--out", out,
                 "--params", write_params(tmp_path / "p.yaml", data={"crop": 24, "workers": 1}))

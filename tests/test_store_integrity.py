@@ -13,8 +13,9 @@ import torch
 import zarr
 
 from pipeline.errors import InputError
+from pipeline.models.registry import build_unet, model_config, save_unet
 from pipeline.store import ShardedWriter, finish_store, open_store
-from pipeline.unet_data import load_split
+from pipeline.unet_data import SliceStores
 from tests.helpers import run_cli, write_params
 from tests.test_unet import TINY_UNET, build_stores, one_thread  # noqa: F401
 
@@ -34,8 +35,10 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _load(d: Path, split: str):
-    return load_split(d / "slices.zarr", d / "undersampled.zarr", d / "heatmaps.zarr", split, keep_raw=True)
+def _load(d: Path, split: str) -> dict:
+    """Every row of the split, read through the training/evaluation dataset."""
+    stores = SliceStores(d / "slices.zarr", d / "undersampled.zarr", d / "heatmaps.zarr", split, raw=True)
+    return {**stores[range(len(stores))], "volume": stores.volume, "slice": stores.slice}
 
 
 def _shard(d: Path, store: str, split: str, array: str) -> Path:
@@ -103,7 +106,7 @@ CASES = [
      "undersampled.zarr", "mean/std"),
     ("blank-target-slice", lambda d, s: _rewrite(d, "slices.zarr", s, "target",
                                                  lambda t: np.concatenate([np.zeros_like(t[:1]), t[1:]])),
-     "slices.zarr", "target: 1 all-zero slice"),
+     "slices.zarr", "target: all-zero slice"),
 ]
 
 
@@ -148,13 +151,14 @@ def test_damaged_store_fails_evaluate_in_one_line_writing_nothing(stores, tmp_pa
     write_params(d / "params.yaml", data={"crop": 32, "workers": 1, "annotations": None},
                  unet={**TINY_UNET, "seeds": [0]}, evaluate={"n_figures": 2, "device": "cpu", "split": "test"})
     models = d / "models"
-    models.mkdir()
-    for v in ("baseline", "weighted", "oracle"):   # existence is checked first; the stores fail before loading
-        (models / f"{v}_s0.pt").write_bytes(b"")
+    cfg = model_config("fastmri", TINY_UNET["chans"], TINY_UNET["num_pool_layers"], 0.0, True)
+    for v in ("baseline", "weighted", "oracle"):   # valid checkpoints: only the stores are damaged
+        save_unet(models / f"{v}_s0.pt", build_unet(cfg), {"model": cfg, "variant": v, "train": {"seed": 0},
+                                                           "history": [{"val/loss": 1.0}]})
     damage(d, "test")
     out = tmp_path / "out"
     r = run_cli("evaluate", "--slices", d / "slices.zarr", "--undersampled", d / "undersampled.zarr",
-                "--heatmaps", d / "heatmaps.zarr", "--annotations", d / "none.csv", "--models", models,
+                "--heatmaps", d / "heatmaps.zarr", "--models", models,
                 "--out", out / "reconstructions.zarr", "--metrics", out / "metrics.json",
                 "--detail", out / "evaluation.json", "--per-volume", out / "per_volume.csv",
                 "--figures", out / "figures", "--error-maps", out / "error_maps", "--params", d / "params.yaml")
@@ -168,11 +172,10 @@ def test_undamaged_copy_loads_bit_identically(stores, tmp_path):
     d = _copy(stores, tmp_path / "d")
     for split in ("train", "val", "test"):
         a, b = _load(stores, split), _load(d, split)
-        for name in ("image", "target", "mean", "std", "heatmap"):
-            assert torch.equal(getattr(a, name), getattr(b, name)), name
-        np.testing.assert_array_equal(a.target_raw, b.target_raw)
-        np.testing.assert_array_equal(a.volume, b.volume)
-        np.testing.assert_array_equal(a.slice, b.slice)
+        for name in ("image", "target", "mean", "std", "heatmap", "target_raw", "zero_filled", "max_value"):
+            assert torch.equal(a[name], b[name]), name
+        np.testing.assert_array_equal(a["volume"], b["volume"])
+        np.testing.assert_array_equal(a["slice"], b["slice"])
 
 
 def test_every_array_is_checksummed_and_counted(stores):
@@ -217,8 +220,39 @@ def test_damage_in_a_later_shard_names_that_shard(tmp_path):
     w.close()
     finish_store(root)
     _flip(tmp_path / "u.zarr/val/image/c/1/0/0", 3)
-    from pipeline.unet_data import _read
+    from pipeline.unet_data import read_image_rows
     g = open_store(tmp_path / "u.zarr", kind="undersampled")["val"]
+    np.testing.assert_array_equal(read_image_rows(g["image"], [4, 0, 1]), np.arange(80, dtype=np.float32).reshape(5, 4, 4)[[4, 0, 1]])
     with pytest.raises(InputError, match=r"u.zarr: array val/image: chunk c/1/0/0 \(rows 2-3\) damaged "
                                          r"\(checksum mismatch\)"):
-        _read(g, "image", "u.zarr [val]")
+        read_image_rows(g["image"], np.arange(5))
+
+
+def test_shard_rows_read_what_zarr_reads_and_refuse_what_zarr_refuses(stores, tmp_path):
+    from pipeline.store import ShardRows
+    for store, split, name in (("slices.zarr", "val", "target"), ("undersampled.zarr", "train", "image"),
+                               ("heatmaps.zarr", "test", "heatmap")):
+        arr = open_store(stores / store, kind=store.split(".")[0])[split][name]
+        fast = ShardRows.for_array(arr)
+        assert fast is not None, name
+        rows = np.arange(arr.shape[0])[::-1]
+        out = np.empty((len(rows),) + arr.shape[1:], np.float32)
+        fast.read(rows, out)
+        np.testing.assert_array_equal(out, arr[:][rows])
+    assert ShardRows.for_array(open_store(stores / "undersampled.zarr", kind="undersampled")["val"]["mean"]) is None
+
+    root = zarr.open_group(str(tmp_path / "u.zarr"), mode="w")
+    w = ShardedWriter(root.create_group("val"), 5, {"image": ((4, 4), "float32")}, shard=2)
+    w.append(image=np.arange(80, dtype=np.float32).reshape(5, 4, 4))
+    w.close()
+    finish_store(root)
+    shard = tmp_path / "u.zarr/val/image/c/1/0/0"
+    good = shard.read_bytes()
+    for offset, what in ((3, "checksum mismatch"), (len(good) - 2, "checksum mismatch")):  # a chunk; the index
+        _flip(shard, offset)
+        fast = ShardRows.for_array(open_store(tmp_path / "u.zarr", kind="undersampled")["val"]["image"])
+        np.testing.assert_array_equal(fast.row(4), np.arange(64, 80, dtype=np.float32).reshape(4, 4))
+        with pytest.raises(InputError, match=rf"u.zarr: array val/image: chunk c/1/0/0 \(rows 2-3\) damaged "
+                                             rf"\({what}\)"):
+            fast.row(2)
+        shard.write_bytes(good)

@@ -21,7 +21,7 @@ from pipeline.models.unet_seed import SeedUnet
 from pipeline.store import SPLITS, ShardedWriter, atomic_path, finish_store, open_store
 from pipeline.training.unet import TrainConfig, train_unet
 from pipeline.store import as_str
-from pipeline.unet_data import load_split
+from pipeline.unet_data import SliceStores
 from tests.helpers import REPO, run_cli, write_params
 
 CROP = 32
@@ -99,7 +99,7 @@ def _cfg(variant="weighted", epochs=1, **kw) -> TrainConfig:
 
 def _splits(d: Path):
     args = (d / "slices.zarr", d / "undersampled.zarr", d / "heatmaps.zarr")
-    return load_split(*args, "train"), load_split(*args, "val", keep_raw=True)
+    return SliceStores(*args, "train"), SliceStores(*args, "val", raw=True)
 
 
 # ---------------------------------------------------------------- architectures and checkpoints
@@ -151,32 +151,37 @@ def test_checkpoint_roundtrip_and_wrong_architecture(tmp_path):
 
 # ---------------------------------------------------------------- data
 
-def test_load_split_normalises_as_fastmri_unet_transform(stores):
-    data = load_split(stores / "slices.zarr", stores / "undersampled.zarr", stores / "heatmaps.zarr", "val",
-                      keep_raw=True)
+def test_slice_stores_normalise_as_fastmri_unet_transform(stores):
+    ds = SliceStores(stores / "slices.zarr", stores / "undersampled.zarr", stores / "heatmaps.zarr", "val", raw=True)
     u = open_store(stores / "undersampled.zarr", kind="undersampled")["val"]
     s = open_store(stores / "slices.zarr", kind="slices")["val"]
-    assert len(data) == s["target"].shape[0] and data.image.shape == (len(data), 1, CROP, CROP)
-    for i in range(len(data)):
+    assert len(ds) == s["target"].shape[0]
+    rows = [2, 0, 1, 2]  # shuffled rows, as a training batch asks for them (a padded epoch repeats one)
+    data = ds[rows]
+    assert data["image"].shape == (4, 1, CROP, CROP) and data["rows"].tolist() == rows
+    with pytest.raises(IndexError):
+        ds[[0, len(ds)]]
+    for j, i in enumerate(rows):
         image, mean, std = fm_transforms.normalize_instance(torch.from_numpy(u["image"][i]), eps=1e-11)
         target = fm_transforms.normalize(torch.from_numpy(s["target"][i]), mean, std, eps=1e-11).clamp(-6, 6)
-        assert torch.allclose(data.image[i, 0], image.clamp(-6, 6), atol=1e-5)
-        assert torch.allclose(data.target[i, 0], target, atol=1e-5)
-        assert float(data.std[i]) == pytest.approx(float(std), rel=1e-5)
-    np.testing.assert_array_equal(data.zero_filled, u["image"][:])
-    assert 0 <= float(data.heatmap.min()) and float(data.heatmap.max()) <= 1
+        assert torch.allclose(data["image"][j, 0], image.clamp(-6, 6), atol=1e-5)
+        assert torch.allclose(data["target"][j, 0], target, atol=1e-5)
+        assert float(data["std"][j]) == pytest.approx(float(std), rel=1e-5)
+        np.testing.assert_array_equal(data["zero_filled"][j].numpy(), u["image"][i])
+        np.testing.assert_array_equal(data["target_raw"][j].numpy(), s["target"][i])
+    assert 0 <= float(data["heatmap"].min()) and float(data["heatmap"].max()) <= 1
 
 
 def test_misaligned_or_missing_heatmaps_are_errors(stores, tmp_path):
     args = (stores / "slices.zarr", stores / "undersampled.zarr")
     short = fake_heatmaps(stores / "slices.zarr", tmp_path / "short.zarr", drop_last=True)
     with pytest.raises(InputError, match="slices, the slices store has"):
-        load_split(*args, short, "train")
+        SliceStores(*args, short, "train")
     swapped = fake_heatmaps(stores / "slices.zarr", tmp_path / "swapped.zarr", order=lambda i: i[::-1])
     with pytest.raises(InputError, match="order differs"):
-        load_split(*args, swapped, "train")
+        SliceStores(*args, swapped, "train")
     with pytest.raises(InputError, match="missing heatmaps store"):
-        load_split(*args, tmp_path / "nothing.zarr", "train")
+        SliceStores(*args, tmp_path / "nothing.zarr", "train")
     r = _train_cli(stores, "weighted", tmp_path / "m.pt", heatmaps=tmp_path / "swapped.zarr")
     assert r.exit_code == 1 and "order differs from the slices store" in r.output
     assert not (tmp_path / "m.pt").exists()
@@ -285,18 +290,117 @@ def test_seed_arch_trains(stores, tmp_path):
     assert count_parameters(model) == 365_761 and np.isfinite(res.best["val/psnr"])
 
 
+def test_train_batches_shard_every_slice_once_into_the_global_batches():
+    from pipeline.unet_data import train_batches
+    n, batch, epochs = 10, 4, 3
+    for epoch in range(epochs):
+        single_sampler, single = train_batches(n, batch, 1, 0, seed=5)
+        single_sampler.set_epoch(epoch)
+        ranks = []
+        for r in range(2):
+            sampler, batches = train_batches(n, batch, 2, r, seed=5)
+            sampler.set_epoch(epoch)
+            ranks.append(list(batches))
+        global_batches = [sorted(a + b) for a, b in zip(*ranks)]
+        assert global_batches == [sorted(b) for b in single]          # same global batch, step by step
+        assert sorted(i for b in global_batches for i in b) == list(range(n))   # every slice once
+    first, second = (list(train_batches(n, batch, 1, 0, seed=5)[1]) for _ in range(2))
+    assert first == second
+    sampler, batches = train_batches(n, batch, 1, 0, seed=5)
+    sampler.set_epoch(1)
+    assert list(batches) != first                                     # a new shuffle each epoch
+
+
+def test_only_rank_0_writes(stores, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")       # a non-zero rank of a run (WORLD_SIZE 1: no process group)
+    out, live, ckpt = tmp_path / "m.pt", tmp_path / "live", tmp_path / "ckpt"
+    r = _train_cli(stores, "weighted", out, "--live", live, "--checkpoint-dir", ckpt)
+    assert r.exit_code == 0, r.output
+    assert not out.exists() and not live.exists() and not ckpt.exists()
+    assert "train-unet weighted_s0:" not in r.output
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
-def test_torchrun_ddp_on_cpu(stores, tmp_path):
-    out, live = tmp_path / "ddp.pt", tmp_path / "live"
+def test_two_ranks_equal_one_process_and_resume(stores, tmp_path):
+    """unet.nproc 2 runs the stage under torchrun (gloo on CPU). Interrupted after epoch 1 and resumed
+    under 2 ranks, it ends with the weights of one process with the same global batch (1e-5)."""
+    unet = {**TINY_UNET, "epochs": 2, "batch_size": 4}   # 6 train slices: per rank batches of 2, then 1
+    single = write_params(tmp_path / "single.yaml", data={"crop": CROP, "annotations": None}, unet=unet)
+    ddp = write_params(tmp_path / "ddp.yaml", data={"crop": CROP, "annotations": None}, unet={**unet, "nproc": 2})
+    r = _train_cli(stores, "weighted", tmp_path / "one.pt", params=single)
+    assert r.exit_code == 0, r.output
+
     env = {**os.environ, "ROIRECON_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2",
-           "-m", "stages.cli", "train-unet", "--variant", "weighted", "--seed", "0",
+    out, live, ckpt = tmp_path / "ddp.pt", tmp_path / "live", tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "stages.cli", "train-unet", "--variant", "weighted", "--seed", "0",
            "--slices", str(stores / "slices.zarr"), "--undersampled", str(stores / "undersampled.zarr"),
            "--heatmaps", str(stores / "heatmaps.zarr"), "--out", str(out), "--live", str(live),
-           "--checkpoint-dir", str(tmp_path / "ckpt"), "--params", str(stores / "params.yaml")]
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("train-unet weighted_s0:") == 1  # only rank 0 reports
-    model, config = load_unet(out)
-    assert config["variant"] == "weighted"
-    assert (live / "plots" / "metrics" / "val" / "psnr.tsv").is_file()
+           "--checkpoint-dir", str(ckpt), "--params", str(ddp)]
+    first = subprocess.run(cmd + ["--stop-after-epochs", "1"], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "running under torchrun (2 processes)" in first.stdout
+    assert first.stdout.count("stopped after epoch 1/2") == 1 and not out.exists()   # rank 0 reports, once
+    (kept,) = ckpt.glob("*/last.pt")
+    assert torch.load(kept, weights_only=True)["epoch"] == 1
+
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stdout.count("train-unet weighted_s0:") == 1 and "resumed after epoch 1" in second.stdout
+    a, b = _state(tmp_path / "one.pt"), _state(out)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert any(float((a[k] - build_unet(_cfg().model).state_dict()[k]).abs().max()) > 1e-3 for k in a)  # trained
+    _, config = load_unet(out)
+    assert [h["train/slices"] for h in config["history"]] == [6, 6]       # every slice once per epoch
+    assert (live / "plots" / "metrics" / "val" / "psnr.tsv").read_text().count("\n") == 3   # header + 2 epochs
+    assert not list(ckpt.glob("*/last.pt"))                              # removed on success
+
+
+def test_autocast_only_in_the_training_forward_and_compile_is_wired(stores, tmp_path, monkeypatch):
+    """bf16 autocast (a no-op on CPU, so counted here) wraps the training forward of every step and
+    nothing else: validation and evaluation run in fp32. `compile` passes the model through torch.compile."""
+    import contextlib
+    from pipeline.training import unet as training
+    entered, compiled = [], []
+
+    @contextlib.contextmanager
+    def counting(device):
+        entered.append(torch.is_grad_enabled())
+        yield
+    monkeypatch.setattr(training, "autocast", counting)
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or m)
+    train, val = _splits(stores)
+    cfg = _cfg(epochs=2, compile=True)
+    train_unet(train, val, cfg, tmp_path / "m.pt")
+    steps = -(-len(train) // cfg.batch_size)
+    assert entered == [True] * (2 * steps)            # training steps only, never under no_grad
+    assert len(compiled) == 1
+
+
+def test_deterministic_mode_sets_cublas_workspace_and_strict_algorithms(monkeypatch):
+    from pipeline.training.device import seed_everything
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        seed_everything(3, deterministic=True)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        seed_everything(0)
+    assert torch.is_deterministic_algorithms_warn_only_enabled()   # CPU default: deterministic where possible
+
+
+def test_resume_checkpoint_keeps_rng_states_and_loads_older_ones(stores, tmp_path):
+    from pipeline.training.unet import _rng_state, _set_rng_state
+    torch.manual_seed(11)
+    state = _rng_state()
+    assert set(state) == {"cpu", "cuda"} and state["cuda"] == [] if not torch.cuda.is_available() else True
+    a = torch.rand(3)
+    _set_rng_state(state)
+    assert torch.equal(torch.rand(3), a)
+    _set_rng_state(state["cpu"])            # checkpoints of the previous version held the CPU state only
+    assert torch.equal(torch.rand(3), a)

@@ -6,6 +6,8 @@ attrs `acquisition`, `max`, `norm`, `patient_id`.
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,15 +51,71 @@ class VolumeInfo:
         return self.path.name
 
 
-def list_split(raw_dir: Path | str, split: str) -> list[Path]:
-    """Sorted `*.h5` files of one split; a missing or empty split is an InputError."""
-    d = Path(raw_dir) / split
+def list_split(raw_dir: Path | str, split: str, *, test_from_val: float = 0.0) -> list[Path]:
+    """Sorted `*.h5` files of one split; a missing or empty split is an InputError.
+
+    `test_from_val` (params `data.test_from_val`): 0 reads `raw_dir/test` as it is; a fraction in
+    (0, 1) carves that share of val's files out of val to be the test split (fastMRI's own test
+    files have no targets), by patient (see `carve_val`), the same way on every call, so every
+    stage sees the same splits. `raw_dir/test` must then be absent or hold no `.h5` file."""
+    if not 0.0 <= test_from_val < 1.0:
+        raise InputError(f"data.test_from_val: must be 0 or a fraction in (0, 1), got {test_from_val!r}")
+    if test_from_val == 0.0 or split not in ("val", "test"):
+        return _h5_files(Path(raw_dir) / split)
+    test_dir = Path(raw_dir) / "test"
+    if test_dir.is_dir() and any(test_dir.glob("*.h5")):
+        raise InputError(f"{test_dir}: holds .h5 files, but data.test_from_val is {test_from_val:g} "
+                         f"(the test split is carved out of val): move them away or set data.test_from_val: 0")
+    val, test = carve_val(_h5_files(Path(raw_dir) / "val"), test_from_val)
+    return val if split == "val" else test
+
+
+def _h5_files(d: Path) -> list[Path]:
     if not d.is_dir():
         raise InputError(f"{d}: split directory is missing")
     files = sorted(d.glob("*.h5"))
     if not files:
         raise InputError(f"{d}: split directory has no .h5 files")
     return files
+
+
+def patient_key(path: Path) -> str:
+    """The file's `patient_id` attr (fastMRI files carry one); the file name when it has none."""
+    try:
+        with h5py.File(path, "r") as h5:
+            pid = h5.attrs.get("patient_id")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable HDF5 file ({first_line(exc)})") from None
+    if isinstance(pid, bytes):
+        pid = pid.decode("utf-8", "replace")
+    pid = str(pid).strip() if pid is not None else ""
+    return f"patient:{pid}" if pid else f"file:{path.name}"
+
+
+def carve_val(files: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """Split val's files into (val, test), both sorted and non-empty, by patient so that no patient
+    is in both: patients are ordered by the SHA-256 of their id (the file name for a file without
+    `patient_id`; not Python's salted `hash`), and taken in that order, each one whose files still
+    fit, until the test split holds floor(fraction * n + 0.5) files (at least 1, at most n - 1).
+    With one file per patient the test share is exact to within half a file; a patient with several
+    files can leave it short by fewer files than that patient has. Only attrs are read."""
+    groups: dict[str, list[Path]] = {}
+    for p in files:
+        groups.setdefault(patient_key(p), []).append(p)
+    n = len(files)
+    target = min(max(math.floor(fraction * n + 0.5), 1), n - 1)
+    order = sorted(groups, key=lambda k: (hashlib.sha256(k.encode()).hexdigest(), k))
+    test: list[Path] = []
+    for key in order:
+        if len(test) + len(groups[key]) <= target:
+            test += groups[key]
+    if not test and len(groups) > 1:        # every patient has more files than the target
+        test = list(groups[order[0]])
+    if not test or len(test) == n:
+        raise InputError(f"data.test_from_val: cannot carve a test split out of val's {n} file(s) of "
+                         f"{len(groups)} patient(s) and keep both non-empty")
+    taken = set(test)
+    return [p for p in files if p not in taken], sorted(test)
 
 
 def parse_header(raw: bytes | str, path: Path) -> Header:
@@ -84,9 +142,12 @@ def parse_header(raw: bytes | str, path: Path) -> Header:
 
 
 class FastMRIFile:
-    """An open, validated fastMRI file. Use as a context manager."""
+    """An open, validated fastMRI file. Use as a context manager.
 
-    def __init__(self, path: Path | str, challenge: str):
+    `info`: the file's VolumeInfo from an earlier validation (a worker reopening a scanned file):
+    then only the shapes of `kspace` and the target are checked against it, not the whole file."""
+
+    def __init__(self, path: Path | str, challenge: str, info: VolumeInfo | None = None):
         if challenge not in TARGET_KEY:
             raise InputError(f"data.challenge: must be singlecoil or multicoil, got {challenge!r}")
         self.path = Path(path)
@@ -96,10 +157,20 @@ class FastMRIFile:
         except (OSError, ValueError) as exc:
             raise InputError(f"{self.path}: not a readable HDF5 file ({first_line(exc)})") from None
         try:
-            self.info = self._validate()
+            self.info = self._validate() if info is None else self._recheck(info)
         except BaseException:
             self._h5.close()
             raise
+
+    def _recheck(self, info: VolumeInfo) -> VolumeInfo:
+        try:
+            k, t = self._h5["kspace"], self._h5[TARGET_KEY[self.challenge]]
+            same = tuple(k.shape) == info.kspace_shape and tuple(t.shape[1:]) == info.target_shape
+        except (KeyError, OSError, ValueError, AttributeError):
+            same = False
+        if not same or info.challenge != self.challenge:
+            raise InputError(f"{self.path}: changed while being read (kspace or target shape differs)")
+        return info
 
     def __enter__(self) -> "FastMRIFile":
         return self
@@ -146,22 +217,59 @@ class FastMRIFile:
 
     def kspace(self) -> np.ndarray:
         """All k-space of the volume as complex64, checked finite."""
+        return self.kspace_block(0, self.info.n_slices)
+
+    def kspace_block(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """K-space slices [start, stop) as complex64, checked finite; read straight into `out`
+        (complex64, C-contiguous, of the block's shape) when given."""
+        k = self._h5["kspace"]
+        shape = (stop - start, *k.shape[1:])
         try:
-            k = self._h5["kspace"][()]
-        except (OSError, ValueError) as exc:
+            if out is not None and k.dtype == np.complex64 and out.shape == shape and out.dtype == np.complex64:
+                k.read_direct(out, np.s_[start:stop])
+                block = out
+            else:
+                block = k[start:stop].astype(np.complex64, copy=False)
+        except (OSError, ValueError, TypeError) as exc:
             raise InputError(f"{self.path}: cannot read kspace ({first_line(exc)})") from None
-        k = k.astype(np.complex64, copy=False)
-        if not np.isfinite(k.view(np.float32)).all():
+        if not all_finite(block.view(np.float32)):
             raise InputError(f"{self.path}: kspace contains NaN or Inf")
-        return k
+        return block
 
     def target(self) -> np.ndarray:
-        try:
-            t = self._h5[TARGET_KEY[self.challenge]][()]
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{self.path}: cannot read target ({first_line(exc)})") from None
-        t = t.astype(np.float32, copy=False)
-        if not np.isfinite(t).all():
-            raise InputError(f"{self.path}: {TARGET_KEY[self.challenge]} contains NaN or Inf")
-        return t
+        return self.target_block(0, self.info.n_slices)
 
+    def target_block(self, start: int, stop: int, crop: int | None = None, out: np.ndarray | None = None
+                     ) -> np.ndarray:
+        """Target slices [start, stop) as float32, only their centre crop (fastMRI `center_crop`)
+        read when `crop` is given; checked finite. Read straight into `out` (float32, C-contiguous,
+        of the block's shape) when given."""
+        key = TARGET_KEY[self.challenge]
+        h, w = self.info.target_shape
+        rows = cols = slice(None)
+        if crop is not None:
+            rows, cols = slice((h - crop) // 2, (h - crop) // 2 + crop), slice((w - crop) // 2, (w - crop) // 2 + crop)
+        t = self._h5[key]
+        try:
+            if out is not None and t.dtype == np.float32 and out.dtype == np.float32 and out.flags.c_contiguous:
+                t.read_direct(out, np.s_[start:stop, rows, cols])
+                block = out
+            else:
+                block = np.ascontiguousarray(t[start:stop, rows, cols], dtype=np.float32)
+                if out is not None:
+                    out[...] = block
+                    block = out
+        except (OSError, ValueError, TypeError) as exc:
+            raise InputError(f"{self.path}: cannot read target ({first_line(exc)})") from None
+        if not all_finite(block):
+            raise InputError(f"{self.path}: {key} contains NaN or Inf")
+        return block
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """No NaN or Inf in float array `x`. A sum is finite exactly when every term is, unless it
+    overflows: only then is each element checked (faster than `isfinite(x).all()` on large arrays)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(x, axis=None)):
+            return True
+    return bool(np.isfinite(x).all())

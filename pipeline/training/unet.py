@@ -1,17 +1,23 @@
 """U-Net training: baseline (plain loss), or a loss up-weighted by an ROI map: `weighted` (Grad-CAM
 heatmaps) or `oracle` (the ground-truth boxes drawn as a map; the same weighting code).
 
-- Device `auto`: CUDA (bf16 autocast, channels_last, data kept on the GPU) when present, else CPU (fp32).
+- Data streams from the stores through a DataLoader (`pipeline.unet_data`): no split is held in memory.
+- Device `auto`: CUDA when present, else CPU. On CUDA: bf16 autocast in the training forward only
+  (validation is fp32), channels_last, pinned memory and non-blocking copies, no host synchronisation
+  per step (losses accumulate on the device and are read once per `log_every` steps and per epoch);
+  optional `compile` (torch.compile) and `deterministic` (see `seed_everything`).
 - Under torchrun (WORLD_SIZE > 1): a process group (nccl on CUDA, gloo on CPU), DDP, a
-  DistributedSampler; `batch_size` is the global batch; only rank 0 logs and writes files.
+  DistributedSampler; `batch_size` is the global batch; validation gives each rank whole volumes and
+  sums the per-volume metrics over ranks; only rank 0 logs and writes files.
 - Seeded: model init from `seed`, shuffling from `seed + epoch` (DistributedSampler), dropout from the
-  global generator, whose state is checkpointed; CPU runs are bit-for-bit repeatable.
+  global generators (CPU and CUDA), whose states are checkpointed; CPU runs are bit-for-bit repeatable.
 - Every epoch: validation on the val split (fastMRI NMSE/PSNR/SSIM per volume, then mean), the
   best weights (lowest validation loss of the variant's own objective) are kept, and a resume
   checkpoint is written to `checkpoint_dir/<config hash>/last.pt`; a rerun with the same config and
   data continues from it, a changed config or data starts afresh. It is deleted on success.
 - A non-finite loss stops the run with an InputError; the resume checkpoint of the last good
-  epoch is left in place.
+  epoch is left in place. `stop_after` ends a run early after that many epochs, keeping the resume
+  checkpoint (for time-limited jobs: the next run continues).
 """
 from __future__ import annotations
 
@@ -26,19 +32,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DistributedSampler
 
 from pipeline.errors import InputError, first_line
+from pipeline.inference import forward, to_target_units
 from pipeline.losses import ReconLoss, roi_weights
-from pipeline.metrics import volume_metrics, volume_slices
+from pipeline.metrics import volume_metrics
 from pipeline.models.registry import build_unet, check_state_dict, plain_state_dict, save_unet
 from pipeline.store import atomic_path
 from pipeline.training.device import autocast, seed_everything, select_device
-from pipeline.unet_data import SplitData, denormalize
+from pipeline.unet_data import (Batch, SliceStores, iterate, rank_volumes, to_device, train_batches,
+                                train_loader, volume_loader)
 
 VARIANTS = ("baseline", "weighted", "oracle")
 ROI_VARIANTS = ("weighted", "oracle")
@@ -48,6 +54,9 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 VAL_KEYS = ("nmse", "psnr", "ssim", "heatmap_nmse")
 # per-epoch quality numbers kept in the checkpoint config and logged to dvclive (timings only printed)
 CURVE_KEYS = ("train/loss", "lr") + tuple(f"val/{k}" for k in ("loss",) + VAL_KEYS)
+VAL_BATCH = 16   # slices per validation forward pass at least (no gradients: larger batches are cheap)
+# the per-epoch history kept in the final checkpoint's config: the curves and the slices trained on
+HISTORY_KEYS = CURVE_KEYS + ("train/slices",)
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,8 @@ class TrainConfig:
     device: str
     loss_kind: str = "mse"
     ssim_weight: float = 0.0
+    deterministic: bool = False   # CUDA: deterministic kernels (CPU runs always are)
+    compile: bool = False         # torch.compile the model for training
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -86,6 +97,7 @@ class TrainResult:
     epochs_run: int
     resumed_from: int
     history: list[dict[str, float]] = field(default_factory=list)
+    finished: bool = True       # False: stopped early by `stop_after`, the resume checkpoint kept
 
     @property
     def best(self) -> dict[str, float]:
@@ -133,6 +145,13 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def _all_sum_tensor(t: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
 def _barrier() -> None:
     if _distributed():
         dist.barrier()
@@ -144,94 +163,62 @@ def _null_bar(total: int, desc: str, unit: str = "step"):
     return contextlib.nullcontext(lambda n: None)
 
 
-def _batches(sampler: DistributedSampler, batch: int) -> list[torch.Tensor]:
-    idx = torch.tensor(list(iter(sampler)), dtype=torch.long)
-    return list(idx.split(batch))
+class _EpochLoss:
+    """Training loss of one epoch, accumulated on the device (no host sync per step), with the first
+    non-finite step remembered; read with `check` (once per log interval) and `mean` (epoch end)."""
+
+    def __init__(self, device: torch.device):
+        # [sum of loss x slices, slices, first bad step (1-based, 0 = none), its loss]
+        self.t = torch.zeros(4, dtype=torch.float64, device=device)
+
+    def add(self, loss: torch.Tensor, n: int, step: int) -> None:
+        d = loss.detach().double()
+        first_bad = ~torch.isfinite(d) & (self.t[2] == 0)
+        self.t[0] += d * n
+        self.t[1] += n
+        self.t[2] = torch.where(first_bad, torch.full_like(d, step + 1), self.t[2])
+        self.t[3] = torch.where(first_bad, d, self.t[3])
+
+    def check(self, epoch: int, variant: str, kept: str) -> None:
+        """Raise on every rank when any rank has seen a non-finite loss."""
+        bad = self.t[2:4].clone()
+        any_bad = _all_sum_tensor((bad[0] > 0).double())
+        if float(any_bad) > 0:
+            where = f"step {int(bad[0])}" if bad[0] > 0 else "on another rank"
+            raise InputError(f"train-unet {variant}: non-finite loss ({float(bad[1])}) at epoch {epoch + 1}, "
+                             f"{where}; stopped, {kept} (try a lower unet.lr)")
+
+    def mean_and_count(self) -> tuple[float, int]:
+        """Mean loss per slice and slices trained on, over all ranks."""
+        s = _all_sum_tensor(self.t[:2])
+        return float(s[0] / s[1].clamp(min=1)), int(s[1])
 
 
-class _Stepper:
-    """One optimisation step per batch; the split's tensors are already in memory (on the device for CUDA)."""
-
-    def __init__(self, model: nn.Module, data: SplitData, cfg: TrainConfig, device: torch.device):
-        self.model, self.data, self.cfg, self.device = model, data, cfg, device
-        self.loss_fn = ReconLoss(cfg.loss_kind, cfg.ssim_weight)
-        self.channels_last = device.type == "cuda"
-
-    def fetch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        d = self.data
-        idx = idx.to(d.image.device)
-        x, y = d.image.index_select(0, idx), d.target.index_select(0, idx)
-        w = _weights_for(d, idx, self.cfg)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        w = w.to(self.device, non_blocking=True) if w is not None else None
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y, w
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor, w: Optional[torch.Tensor]) -> torch.Tensor:
-        with autocast(self.device):
-            out = self.model(x)
-        return self.loss_fn(out, y, w)
-
-
-def _weights_for(data: SplitData, idx: torch.Tensor, cfg: TrainConfig) -> Optional[torch.Tensor]:
+def _weights(batch: Batch, h: Optional[torch.Tensor], cfg: TrainConfig) -> Optional[torch.Tensor]:
     if cfg.variant not in ROI_VARIANTS:
         return None
-    return roi_weights(data.heatmap.index_select(0, idx), cfg.roi_weight)
+    if h is None:
+        raise InputError(f"train-unet {cfg.variant}: the data has no ROI maps (--heatmaps)")
+    return roi_weights(h, cfg.roi_weight)
 
 
 @torch.no_grad()
-def forward_rows(model: nn.Module, data: SplitData, rows: np.ndarray, device: torch.device,
-                 batch_size: int = 16) -> torch.Tensor:
-    """Model outputs in normalised units, float32 (n,1,C,C) on `device`, for `rows` of the split."""
+def validate(model: nn.Module, loader, cfg: TrainConfig, device: torch.device, loss_fn: ReconLoss,
+             batch_size: int) -> dict[str, float]:
+    """Validation loss (the variant's objective, normalised units) and fastMRI metrics, mean over
+    volumes, in fp32. `loader` gives this rank's whole volumes; the sums are all-reduced."""
     model.eval()
-    outs = []
-    for start in range(0, len(rows), batch_size):
-        idx = torch.as_tensor(rows[start:start + batch_size], dtype=torch.long, device=data.image.device)
-        x = data.image.index_select(0, idx).to(device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            outs.append(model(x).float().contiguous())
-    return torch.cat(outs)
-
-
-def to_target_units(out: torch.Tensor, data: SplitData, rows: np.ndarray) -> np.ndarray:
-    idx = torch.as_tensor(rows, dtype=torch.long, device=data.mean.device)
-    mean, std = data.mean[idx].to(out.device), data.std[idx].to(out.device)
-    return denormalize(out[:, 0], mean, std).cpu().numpy().astype(np.float32, copy=False)
-
-
-def predict(model: nn.Module, data: SplitData, device: torch.device, batch_size: int = 16,
-            rows: Optional[np.ndarray] = None) -> np.ndarray:
-    """Reconstructions in target units (float32, (n,C,C)) for `rows` of the split (default: all)."""
-    rows = np.arange(len(data)) if rows is None else rows
-    return to_target_units(forward_rows(model, data, rows, device, batch_size), data, rows)
-
-
-@torch.no_grad()
-def validate(model: nn.Module, data: SplitData, cfg: TrainConfig, device: torch.device,
-             loss_fn: ReconLoss) -> dict[str, float]:
-    """Validation loss (the variant's objective, normalised units) and fastMRI metrics, mean over volumes.
-
-    Under DDP each rank takes every world-th volume; the sums are all-reduced.
-    """
-    vols = volume_slices(data.volume)
-    if _distributed():
-        vols = vols[dist.get_rank()::dist.get_world_size()]
     loss_sum, n_slices = 0.0, 0
     sums = {k: 0.0 for k in VAL_KEYS}
     counts = {k: 0 for k in VAL_KEYS}
-    for _, sl in vols:
-        rows = np.arange(sl.start, sl.stop)
-        out = forward_rows(model, data, rows, device)
-        idx = torch.as_tensor(rows, dtype=torch.long, device=data.image.device)
-        y = data.target.index_select(0, idx).to(device)
-        w = _weights_for(data, idx, cfg)
-        loss_sum += float(loss_fn(out, y, None if w is None else w.to(device))) * len(rows)
-        n_slices += len(rows)
-        heat = data.heatmap[idx, 0].cpu().numpy() if data.heatmap is not None else None
-        m = volume_metrics(data.target_raw[sl], to_target_units(out, data, rows), None, heat)
+    for batch in iterate(loader):
+        out = forward(model, batch["image"], device, batch_size)
+        y, h = to_device(batch, device, ("target", "heatmap"))
+        w = _weights(batch, h, cfg)
+        loss_sum += float(loss_fn(out, y, w)) * len(out)
+        n_slices += len(out)
+        heat = batch["heatmap"][:, 0].numpy() if "heatmap" in batch else None
+        m = volume_metrics(batch["target_raw"].numpy(), to_target_units(out, batch["mean"], batch["std"]), None, heat)
         for k in VAL_KEYS:
             if not math.isnan(m[k]):
                 sums[k] += m[k]
@@ -245,20 +232,33 @@ def validate(model: nn.Module, data: SplitData, cfg: TrainConfig, device: torch.
     return result
 
 
+def _rng_state() -> dict[str, Any]:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: Any) -> None:
+    if isinstance(state, torch.Tensor):  # checkpoints of earlier versions: the CPU state only
+        state = {"cpu": state, "cuda": []}
+    torch.set_rng_state(state["cpu"].cpu())
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
 def _ckpt_state(model, opt, sched, epoch, best_state, best_epoch, best_loss, history, cfg, key) -> dict:
     return {
         "key": key, "config": cfg.as_dict(), "epoch": epoch,
         "model": plain_state_dict(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "best": {"state_dict": best_state, "epoch": best_epoch, "loss": best_loss},
-        "history": history, "rng": torch.get_rng_state(),
+        "history": history, "rng": _rng_state(),
     }
 
 
-def _load_resume(path: Path, key: str) -> Optional[dict]:
+def _load_resume(path: Path, key: str, device: torch.device) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
         raise InputError(f"{path}: unreadable resume checkpoint ({first_line(exc)}); "
                          f"delete it to start afresh") from None
@@ -267,54 +267,57 @@ def _load_resume(path: Path, key: str) -> Optional[dict]:
     return ckpt
 
 
-def train_unet(train: SplitData, val: SplitData, cfg: TrainConfig, out: Path | str, *,
+def train_unet(train: SliceStores, val: SliceStores, cfg: TrainConfig, out: Path | str, *,
                checkpoint_dir: Optional[Path | str] = None, on_epoch: Optional[EpochCallback] = None,
-               bar: Optional[Bar] = None, extra_config: Optional[dict[str, Any]] = None) -> TrainResult:
+               bar: Optional[Bar] = None, extra_config: Optional[dict[str, Any]] = None, workers: int = 0,
+               log_every: int = 50, stop_after: Optional[int] = None) -> TrainResult:
     """Train, validate each epoch, and write the best weights to `out` (rank 0).
 
-    `on_epoch(epoch, metrics)` is called on rank 0 after each epoch, and first for every epoch a
-    resumed run already has (so a fresh logger gets the whole history).
+    `train` and `val` are the splits' stores (`val` opened with `raw=True`); `workers` DataLoader
+    processes read them. `on_epoch(epoch, metrics)` is called on rank 0 after each epoch, and first
+    for every epoch a resumed run already has (so a fresh logger gets the whole history).
+    `stop_after` epochs of this run, the run ends with the resume checkpoint kept and no weights written.
     """
-    if cfg.variant in ROI_VARIANTS and train.heatmap is None:
+    if cfg.variant in ROI_VARIANTS and train.paths["heatmaps"] is None:
         raise InputError(f"train-unet {cfg.variant}: needs an ROI map store (--heatmaps)")
-    if val.target_raw is None:
-        raise ValueError("val split must be loaded with keep_raw=True")
+    if not val.raw:
+        raise ValueError("open the val split with raw=True")
     device = select_device(cfg.device)
     with process_group(device):
         return _train(train, val, cfg, Path(out), checkpoint_dir, on_epoch, bar or _null_bar,
-                      extra_config or {}, device)
+                      extra_config or {}, device, workers, log_every, stop_after)
 
 
-def _train(train: SplitData, val: SplitData, cfg: TrainConfig, out: Path, checkpoint_dir, on_epoch, bar,
-           extra_config: dict, device: torch.device) -> TrainResult:
+def _train(train: SliceStores, val: SliceStores, cfg: TrainConfig, out: Path, checkpoint_dir, on_epoch, bar,
+           extra_config: dict, device: torch.device, workers: int, log_every: int,
+           stop_after: Optional[int]) -> TrainResult:
     main = is_main_process()
     world = dist.get_world_size() if _distributed() else 1
     r = dist.get_rank() if _distributed() else 0
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, cfg.deterministic)
     key = cfg.key(train.fingerprint())
     model = build_unet(cfg.model).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-        train.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    per_rank = max(1, math.ceil(cfg.batch_size / world))
-    sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=r, shuffle=True, seed=cfg.seed)
-    steps = math.ceil(len(sampler) / per_rank)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps, eta_min=cfg.lr * 0.02)
+    sampler, batches = train_batches(len(train), cfg.batch_size, world, r, cfg.seed)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * len(batches), eta_min=cfg.lr * 0.02)
 
     ckpt_path = Path(checkpoint_dir) / key / "last.pt" if checkpoint_dir is not None else None
     start, history = 0, []
     best_state, best_epoch, best_loss = None, -1, math.inf
-    resumed = ckpt_path and _load_resume(ckpt_path, key)
+    resumed = ckpt_path and _load_resume(ckpt_path, key, device)
     if resumed:
         check_state_dict(model, resumed["model"], str(ckpt_path))
         model.load_state_dict(resumed["model"])
         opt.load_state_dict(resumed["optimizer"])
         sched.load_state_dict(resumed["scheduler"])
-        torch.set_rng_state(resumed["rng"])
+        _set_rng_state(resumed["rng"])
         start, history = int(resumed["epoch"]), list(resumed["history"])
         best = resumed["best"]
-        best_state, best_epoch, best_loss = best["state_dict"], int(best["epoch"]), float(best["loss"])
+        best_state = {k: v.cpu() for k, v in best["state_dict"].items()}
+        best_epoch, best_loss = int(best["epoch"]), float(best["loss"])
+        del resumed
     if main and on_epoch:
         for e, m in enumerate(history):
             on_epoch(e, m)
@@ -322,42 +325,49 @@ def _train(train: SplitData, val: SplitData, cfg: TrainConfig, out: Path, checkp
     net: nn.Module = model
     if _distributed():
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    stepper = _Stepper(net, train, cfg, device)
+    step_fn = torch.compile(net) if cfg.compile else net
+    loss_fn = ReconLoss(cfg.loss_kind, cfg.ssim_weight)
+    loader = train_loader(train, batches, workers, device)
+    val_loader = volume_loader(val, rank_volumes(val.volumes(), world, r), workers, device)
+    val_batch = max(VAL_BATCH, -(-cfg.batch_size // world))
+    end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
 
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, end):
         net.train()
         sampler.set_epoch(epoch)
-        batches = _batches(sampler, per_rank)
-        t_epoch = time.perf_counter()
+        kept = (f"the last good checkpoint (epoch {len(history)}) is kept at {ckpt_path}"
+                if ckpt_path and ckpt_path.exists() else "no checkpoint was written yet")
+        losses = _EpochLoss(device)
         wait = 0.0
-        loss_sum, n_seen = 0.0, 0
+        t_epoch = time.perf_counter()
         desc = f"train-unet {cfg.variant} seed {cfg.seed} {epoch + 1}/{cfg.epochs}"
         with (bar(len(batches), desc, "step") if main else _null_bar(0, "")) as update:
-            for step, idx in enumerate(batches):
-                t0 = time.perf_counter()
-                x, y, w = stepper.fetch(idx)
+            t0 = time.perf_counter()
+            for step, batch in enumerate(iterate(loader)):
                 wait += time.perf_counter() - t0
-                loss = stepper.loss(x, y, w)
+                x, y, h = to_device(batch, device, ("image", "target", "heatmap"))
+                w = _weights(batch, h, cfg)
+                with autocast(device):
+                    pred = step_fn(x)
+                loss = loss_fn(pred.float(), y, w)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                value = _all_sum([float(loss.detach())], device)[0] / world
-                if not math.isfinite(value):
-                    kept = (f"the last good checkpoint (epoch {len(history)}) is kept at "
-                            f"{ckpt_path}" if ckpt_path and ckpt_path.exists() else "no checkpoint was written yet")
-                    raise InputError(f"train-unet {cfg.variant}: non-finite loss ({value}) at epoch {epoch + 1}, "
-                                     f"step {step + 1}; stopped, {kept} (try a lower unet.lr)")
                 opt.step()
                 sched.step()
-                loss_sum += value * len(idx)
-                n_seen += len(idx)
+                losses.add(loss, len(x), step)
+                if (step + 1) % log_every == 0:
+                    losses.check(epoch, cfg.variant, kept)
                 update(1)
+                t0 = time.perf_counter()
+            losses.check(epoch, cfg.variant, kept)
+        train_loss, seen = losses.mean_and_count()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch_time = time.perf_counter() - t_epoch
-        v = validate(model, val, cfg, device, stepper.loss_fn)
-        metrics = {"train/loss": loss_sum / max(n_seen, 1), **{f"val/{k}": x for k, x in v.items()},
+        v = validate(model, val_loader, cfg, device, loss_fn, val_batch)
+        metrics = {"train/loss": train_loss, **{f"val/{k}": x for k, x in v.items()},
                    "lr": sched.get_last_lr()[0], "epoch_time_s": epoch_time,
-                   "data_wait_share": wait / max(epoch_time, 1e-9)}
+                   "data_wait_share": wait / max(epoch_time, 1e-9), "train/slices": seen}
         history.append(metrics)
         if v["loss"] < best_loss:
             best_state, best_epoch, best_loss = plain_state_dict(model), epoch, v["loss"]
@@ -369,14 +379,15 @@ def _train(train: SplitData, val: SplitData, cfg: TrainConfig, out: Path, checkp
             on_epoch(epoch, metrics)
         _barrier()
 
-    if best_state is None:  # epochs == start == 0 cannot happen (epochs >= 1); kept for type checkers
-        best_state, best_epoch = plain_state_dict(model), len(history) - 1
+    if end < cfg.epochs:
+        return TrainResult(best_epoch=best_epoch, epochs_run=end - start, resumed_from=start, history=history,
+                           finished=False)
     if main:
         config = {"model": cfg.model, "variant": cfg.variant, "train": cfg.as_dict(),
                   "normalization": "fastmri_instance", "best_epoch": best_epoch,
                   "val": {k.removeprefix("val/"): history[best_epoch][k] for k in history[best_epoch]
                           if k.startswith("val/")},
-                  "history": [{k: v for k, v in h.items() if k in CURVE_KEYS} for h in history],
+                  "history": [{k: v for k, v in h.items() if k in HISTORY_KEYS} for h in history],
                   **extra_config}
         save_unet(out, best_state, config)
         if ckpt_path is not None:
