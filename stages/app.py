@@ -19,6 +19,13 @@ app = typer.Typer(
 )
 
 PARAMS_OPTION = typer.Option("params.yaml", "--params", help="params file (YAML 1.2, as DVC reads it)")
+RAW_DIR_HELP = ("fastMRI root with {train,val,test}/*.h5, or {train,val} with data.test_from_val > 0 "
+                "(default: data.raw_dir)")
+
+
+def slice_counts(counts: dict[str, int]) -> str:
+    """`train 12 slices, val 4 slices, ...`: a store's slices per split, for a stage's last line."""
+    return ", ".join(f"{k} {v} slices" for k, v in counts.items())
 
 
 DEBUG_VARIABLE = "ROIRECON_DEBUG"
