@@ -32,9 +32,8 @@ def train_mrnet_cmd(
     from pipeline.models.mrnet import save_mrnet
     from pipeline.reports import write_json
     from pipeline.store import atomic_path
-    from pipeline.training.logging import live_logger
     from pipeline.training.mrnet import MRNetTrainConfig, progress_units, train_mrnet
-    from stages.progress import bar
+    from stages.progress import bar, live_logger
     from stages.settings import load_params
 
     p = load_params(params)

@@ -79,10 +79,9 @@ def _relaunch_under_torchrun(nproc: int, args: dict) -> None:
 def _train(p, variant: str, seed: int, slices: Path, undersampled: Path, heatmaps: Optional[Path], out: Path,
            live: Optional[Path], checkpoint_dir: Path, stop_after: Optional[int], main: bool) -> None:
     from pipeline.models.registry import model_config
-    from pipeline.training.logging import live_logger
     from pipeline.training.unet import CURVE_KEYS, ROI_VARIANTS, TrainConfig, train_unet
     from pipeline.unet_data import SliceStores, acquisition
-    from stages.progress import bar
+    from stages.progress import bar, live_logger
 
     u, lo = p.unet, p.loss
     cfg = TrainConfig(

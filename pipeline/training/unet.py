@@ -52,7 +52,7 @@ Bar = Callable[[int, str, str], ContextManager[Callable[[int], None]]]
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 VAL_KEYS = ("nmse", "psnr", "ssim", "heatmap_nmse")
-# per-epoch quality numbers kept in the checkpoint config and logged to dvclive (timings only printed)
+# per-epoch quality numbers kept in the checkpoint config and logged as curves (timings only printed)
 CURVE_KEYS = ("train/loss", "lr") + tuple(f"val/{k}" for k in ("loss",) + VAL_KEYS)
 VAL_BATCH = 16   # slices per validation forward pass at least (no gradients: larger batches are cheap)
 # the per-epoch history kept in the final checkpoint's config: the curves and the slices trained on
