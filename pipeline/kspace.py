@@ -41,19 +41,27 @@ INTEGER_ACCELERATION_MASKS = ("equispaced", "magic")
 
 
 def mask_function(mask_type: str, acceleration: float, center_fraction: float) -> subsample.MaskFunc:
-    if mask_type not in MASK_TYPES:
-        raise InputError(f"mask.type: unknown mask type {mask_type!r}, expected one of {', '.join(MASK_TYPES)}")
-    if (not isinstance(acceleration, (int, float)) or isinstance(acceleration, bool)
-            or not math.isfinite(acceleration) or not acceleration > 1):
-        raise InputError(f"mask.acceleration: must be a finite number greater than 1, got {acceleration!r}")
-    if mask_type in INTEGER_ACCELERATION_MASKS and not float(acceleration).is_integer():
-        raise InputError(f"mask.acceleration: {mask_type} masks need an integer acceleration, got {acceleration!r}")
-    if not 0 < center_fraction < 1:
-        raise InputError(f"mask.center_fraction: must be in (0, 1), got {center_fraction!r}")
+    """fastMRI's mask function for one type, acceleration and centre fraction. The values are taken
+    as they are (fastMRI's own mask functions check nothing either): `check_mask` says whether
+    fastMRI can build such a mask."""
     from fastmri.data import subsample
 
     acc = int(acceleration) if float(acceleration).is_integer() else float(acceleration)
     return subsample.create_mask_for_mask_type(mask_type, [center_fraction], [acc])
+
+
+def check_mask(mask_type: str, acceleration: float, center_fraction: float) -> None:
+    """Refuse a mask fastMRI cannot build: a ValueError whose message starts with the value's name
+    (`type`, `acceleration` or `center_fraction`), for settings read from a file."""
+    if mask_type not in MASK_TYPES:
+        raise ValueError(f"type: unknown mask type {mask_type!r}, expected one of {', '.join(MASK_TYPES)}")
+    if (not isinstance(acceleration, (int, float)) or isinstance(acceleration, bool)
+            or not math.isfinite(acceleration) or not acceleration > 1):
+        raise ValueError(f"acceleration: must be a finite number greater than 1, got {acceleration!r}")
+    if mask_type in INTEGER_ACCELERATION_MASKS and not float(acceleration).is_integer():
+        raise ValueError(f"acceleration: {mask_type} masks need an integer acceleration, got {acceleration!r}")
+    if not 0 < center_fraction < 1:
+        raise ValueError(f"center_fraction: must be in (0, 1), got {center_fraction!r}")
 
 
 def volume_mask(mask_func: subsample.MaskFunc, fname: str, kspace_shape: tuple[int, ...]) -> np.ndarray:

@@ -35,7 +35,7 @@ from torch import nn
 from pipeline import inference
 from pipeline.errors import InputError, first_line
 from pipeline.io.fastmri import KSPACE_RANK, TARGET_KEY
-from pipeline.kspace import instance_stats, mask_function, volume_mask, zero_filled
+from pipeline.kspace import check_mask, instance_stats, mask_function, volume_mask, zero_filled
 from pipeline.models.registry import load_unet
 from pipeline.store import atomic_path
 from pipeline.unet_data import denormalize, normalize
@@ -85,9 +85,9 @@ def acquisition_of(config: dict[str, Any], where: Path | str) -> Acquisition:
     if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
         raise InputError(f"{where}: acquisition crop must be a positive integer, got {crop!r}")
     try:
-        mask_function(mask["type"], mask["acceleration"], mask["center_fraction"])
-    except InputError as exc:
-        raise InputError(f"{where}: acquisition {exc}") from None
+        check_mask(mask["type"], mask["acceleration"], mask["center_fraction"])
+    except ValueError as exc:  # its message starts with the key under "mask"
+        raise InputError(f"{where}: acquisition mask.{exc}") from None
     return Acquisition(challenge, crop, mask["type"], mask["acceleration"], mask["center_fraction"])
 
 

@@ -88,7 +88,7 @@ def _train(p, variant: str, seed: int, slices: Path, undersampled: Path, heatmap
         variant=variant,
         model=model_config(u.arch, u.chans, u.num_pool_layers, u.drop_prob, u.residual),
         epochs=u.epochs, batch_size=u.batch_size, lr=u.lr, loss_kind=lo.kind,
-        roi_weight=lo.roi_weight if variant in ROI_VARIANTS else 0.0, ssim_weight=lo.ssim_weight,
+        roi_weight=lo.roi_weight_for(variant in ROI_VARIANTS), ssim_weight=lo.ssim_weight,
         seed=seed, device=u.device, deterministic=u.deterministic, compile=u.compile)
     run = f"{variant}_s{seed}"
     train = SliceStores(slices, undersampled, heatmaps, "train")

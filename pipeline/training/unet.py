@@ -61,9 +61,10 @@ HISTORY_KEYS = CURVE_KEYS + ("train/slices",)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What one training run does. The values come from params.yaml (`unet.*`, `loss.*`, `seed`),
-    the only home of their defaults, so nothing that shapes a run is defaulted here; the loss is
-    plain MSE unless `loss_kind`/`ssim_weight` say otherwise."""
+    """What one training run does; every value is given (nothing that shapes a run is defaulted
+    here). `roi_weight` up-weights the ROI map in the loss of the ROI variants (the baseline's loss
+    weights nothing and records 0); the loss is `(1 - ssim_weight) * pixel loss (loss_kind) +
+    ssim_weight * (1 - SSIM)`."""
     variant: str
     model: dict[str, Any]
     epochs: int
@@ -72,10 +73,10 @@ class TrainConfig:
     roi_weight: float
     seed: int
     device: str
-    loss_kind: str = "mse"
-    ssim_weight: float = 0.0
-    deterministic: bool = False   # CUDA: deterministic kernels (CPU runs always are)
-    compile: bool = False         # torch.compile the model for training
+    loss_kind: str
+    ssim_weight: float
+    deterministic: bool   # CUDA: deterministic kernels (CPU runs always are)
+    compile: bool         # torch.compile the model for training
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
