@@ -48,11 +48,11 @@ class GradCAMSpec:
 
 
 def check_layer(model: MRNet, layer: str) -> torch.nn.Module:
+    """The trunk layer named `layer`; a ValueError naming it when MRNet's trunk has no such layer."""
     names = dict(model.named_modules())
     if layer not in names or not layer.startswith("features."):
         convs = [n for n, m in model.features.named_children()]
-        raise InputError(f"gradcam.layer: {layer!r} is not a layer of MRNet's trunk "
-                         f"(features.0 .. features.{convs[-1]})")
+        raise ValueError(f"{layer!r} is not a layer of MRNet's trunk (features.0 .. features.{convs[-1]})")
     return names[layer]
 
 

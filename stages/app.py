@@ -1,10 +1,11 @@
 """The `roirecon` typer app and the error boundary shared by every stage command."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import traceback
-from typing import Callable
+from typing import Callable, Iterator
 
 import click
 import typer
@@ -26,6 +27,17 @@ RAW_DIR_HELP = ("fastMRI root with {train,val,test}/*.h5, or {train,val} with da
 def slice_counts(counts: dict[str, int]) -> str:
     """`train 12 slices, val 4 slices, ...`: a store's slices per split, for a stage's last line."""
     return ", ".join(f"{k} {v} slices" for k, v in counts.items())
+
+
+@contextlib.contextmanager
+def value_of(key: str) -> Iterator[None]:
+    """Say where a value the library refuses came from: a ValueError raised in the block becomes the
+    one-line InputError `key: <its message>` (`gradcam.layer: 'features.99' is not a layer ...`).
+    Wrap only the call that checks that value."""
+    try:
+        yield
+    except ValueError as exc:
+        raise InputError(f"{key}: {exc}") from None
 
 
 DEBUG_VARIABLE = "ROIRECON_DEBUG"
