@@ -119,9 +119,9 @@ def load_unet(path: Path | str, expected_model: dict[str, Any] | None = None, *,
               ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network a checkpoint describes and load its weights (on CPU, eval mode).
 
-    `expected_model`: if given, the checkpoint's `config["model"]` must equal it (e.g.
-    `model_config(**unet params)`, `expected_label="unet.* in params.yaml"`): a checkpoint trained
-    with other widths is refused instead of evaluated as if it were the configured model.
+    `expected_model`: if given, the checkpoint's `config["model"]` must equal it (a `model_config`,
+    described as `expected_label` in the message, e.g. "the configured"): a checkpoint trained with
+    other widths is refused instead of evaluated as if it were the configured model.
     `require_trained`: refuse a checkpoint whose config records no training epoch (`history`),
     such as weights saved straight after initialisation.
     """
