@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import subprocess
+import sys
 import traceback
 from typing import Callable, Iterator
 
@@ -38,6 +40,20 @@ def value_of(key: str) -> Iterator[None]:
         yield
     except ValueError as exc:
         raise InputError(f"{key}: {exc}") from None
+
+
+def rerun_under_torchrun(ctx: typer.Context, nproc: int, reason: str) -> None:
+    """Run the command of `ctx`, with the options it was given, again under `torchrun --standalone
+    --nproc-per-node nproc`, and wait for it; its exit code is this command's."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "stages.cli", ctx.info_name]
+    for param in ctx.command.params:
+        if ctx.params.get(param.name) is not None:
+            argv += ["--" + param.name.replace("_", "-"), str(ctx.params[param.name])]
+    typer.echo(f"{ctx.info_name}: {reason}: running under torchrun ({nproc} processes)")
+    code = subprocess.call(argv)
+    if code:
+        raise typer.Exit(code)
 
 
 DEBUG_VARIABLE = "ROIRECON_DEBUG"
