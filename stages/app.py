@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import click
 import typer
 
-from pipeline.errors import InputError
+from pipeline.errors import BadValue, InputError
 
 app = typer.Typer(
     help="ROI-weighted accelerated knee MRI reconstruction. Each subcommand but `reconstruct` is one "
@@ -32,14 +32,16 @@ def slice_counts(counts: dict[str, int]) -> str:
 
 
 @contextlib.contextmanager
-def value_of(key: str) -> Iterator[None]:
-    """Say where a value the library refuses came from: a ValueError raised in the block becomes the
-    one-line InputError `key: <its message>` (`gradcam.layer: 'features.99' is not a layer ...`).
-    Wrap only the call that checks that value."""
+def named(**keys: str) -> Iterator[None]:
+    """Tell a value the library refuses (a BadValue) by where the stage took it from: `keys` maps the
+    library's argument names to params keys or options, so that under `named(crop="data.crop")`
+    `crop: 4096 is larger than the image ...` reads `data.crop: 4096 is larger than the image ...`."""
     try:
         yield
-    except ValueError as exc:
-        raise InputError(f"{key}: {exc}") from None
+    except BadValue as exc:
+        if exc.name not in keys:
+            raise
+        raise InputError(f"{keys[exc.name]}: {exc.problem}") from None
 
 
 def rerun_under_torchrun(ctx: typer.Context, nproc: int, reason: str) -> None:

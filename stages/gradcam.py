@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from stages.app import PARAMS_OPTION, app, stage, value_of
+from stages.app import PARAMS_OPTION, app, named, stage
 
 SCORED_SPLIT = "test"
 
@@ -44,7 +44,7 @@ def gradcam_cmd(
     g = p.gradcam
     spec = GradCAMSpec(layer=g.layer, smooth_sigma=g.smooth_sigma)
     net, config = load_mrnet(model)
-    with value_of("gradcam.layer"):
+    with named(layer="gradcam.layer"):
         check_layer(net, spec.layer)
     shapes = slices_shapes(slices)
     ann = annotations or (Path(p.data.annotations) if p.data.annotations else None)

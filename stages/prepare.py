@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from stages.app import PARAMS_OPTION, RAW_DIR_HELP, app, slice_counts, stage
+from stages.app import PARAMS_OPTION, RAW_DIR_HELP, app, named, slice_counts, stage
 
 
 @app.command("prepare")
@@ -31,7 +31,8 @@ def prepare_cmd(
 
     p = load_params(params)
     raw = raw_dir or Path(p.data.raw_dir)
-    scans = scan(raw, p.data.challenge, p.data.crop, test_from_val=p.data.test_from_val)
+    with named(crop="data.crop", test_from_val="data.test_from_val"):
+        scans = scan(raw, p.data.challenge, p.data.crop, test_from_val=p.data.test_from_val)
     total = sum(i.n_slices for infos in scans.values() for i in infos)
     with bar(total, "prepare") as update:
         counts = build_slices_store(out, scans, raw_dir=str(raw), challenge=p.data.challenge, crop=p.data.crop,

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from pipeline.errors import InputError
-from stages.app import PARAMS_OPTION, app, rerun_under_torchrun, stage, value_of
+from stages.app import PARAMS_OPTION, app, named, rerun_under_torchrun, stage
 
 
 @app.command("train-unet")
@@ -58,7 +58,7 @@ def train_unet_cmd(
         raise InputError(f"train-unet {variant}: --heatmaps is required (the ROI maps that weight the loss)")
     if u.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return rerun_under_torchrun(ctx, u.nproc, f"unet.nproc {u.nproc}")
-    with value_of("--variant"):
+    with named(variant="--variant"):
         cfg = TrainConfig(variant=variant, model=model_config(u.arch, u.chans, u.num_pool_layers, u.drop_prob,
                                                               u.residual),
                           epochs=u.epochs, batch_size=u.batch_size, lr=u.lr, loss_kind=lo.kind,

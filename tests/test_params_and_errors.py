@@ -661,3 +661,14 @@ def test_a_bug_raised_while_handling_an_os_error_keeps_its_traceback():
             {}["missing"]
     except KeyError as bug:
         assert environment_error(bug) is None
+
+
+def test_a_refused_value_is_told_by_the_setting_it_came_from():
+    from pipeline.errors import BadValue
+    from stages.app import named
+    with pytest.raises(InputError) as e, named(crop="data.crop"):
+        raise BadValue("crop", "4096 is larger than the image (640x368) of f.h5")
+    assert str(e.value) == "data.crop: 4096 is larger than the image (640x368) of f.h5"
+    with pytest.raises(BadValue) as e, named(crop="data.crop"):    # another value: left as it is
+        raise BadValue("layer", "'x' is not a layer")
+    assert str(e.value) == "layer: 'x' is not a layer" and isinstance(e.value, ValueError)

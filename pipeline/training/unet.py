@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.errors import InputError, first_line
+from pipeline.errors import BadValue, InputError, first_line
 from pipeline.inference import forward, to_target_units
 from pipeline.losses import ReconLoss, roi_weights
 from pipeline.metrics import volume_metrics
@@ -80,7 +80,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
-            raise ValueError(f"expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
+            raise BadValue("variant", f"expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
