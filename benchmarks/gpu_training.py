@@ -54,7 +54,7 @@ def bare_epoch(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, device: torch
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    loss_fn = ReconLoss(cfg.loss_kind)
+    loss_fn = ReconLoss(cfg.loss_kind, cfg.ssim_weight)
     order = torch.randperm(len(x), device=device)
     sync(device)
     t = time.perf_counter()
@@ -92,7 +92,8 @@ def main() -> None:
         return
     device = torch.device(args.device)
     cfg = TrainConfig(variant="baseline", model=model_config("fastmri", args.chans, 4, 0.0, True), epochs=1,
-                      batch_size=args.batch_size, lr=1e-3, roi_weight=0.0, seed=0, device=args.device)
+                      batch_size=args.batch_size, lr=1e-3, roi_weight=0.0, seed=0, device=args.device,
+                      loss_kind="mse", ssim_weight=0.0, deterministic=False, compile=False)
     with tempfile.TemporaryDirectory() as d:
         slices, under = make_stores(Path(d), args.volumes, args.slices, args.size)
         train = SliceStores(slices, under, None, "train")

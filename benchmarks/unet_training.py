@@ -76,8 +76,8 @@ def main() -> None:
     mcfg = model_config(u.arch, chans=u.chans, num_pool_layers=u.num_pool_layers, drop_prob=u.drop_prob,
                         residual=u.residual)
     cfg = TrainConfig(variant=variant, model=mcfg, epochs=1, batch_size=u.batch_size, lr=u.lr,
-                      loss_kind=p.loss.kind, roi_weight=p.loss.roi_weight if variant == "weighted" else 0.0, seed=p.seed,
-                      device="cpu")
+                      loss_kind=p.loss.kind, roi_weight=p.loss.roi_weight_for(variant == "weighted"), seed=p.seed,
+                      device="cpu", ssim_weight=p.loss.ssim_weight, deterministic=False, compile=False)
     def ours() -> tuple[float, float, float]:
         """(whole call incl. validation and checkpoint, training epoch alone, its data-wait share)"""
         with tempfile.TemporaryDirectory() as d:

@@ -3,7 +3,17 @@ from __future__ import annotations
 
 
 class InputError(Exception):
-    """Expected, user-facing error. The message names the file or parameter at fault."""
+    """Expected, user-facing error. The message names the file or value at fault."""
+
+
+class BadValue(InputError, ValueError):
+    """A value a function cannot work with. `name` is the argument it came in as (`crop`,
+    `acceleration`, ...) and the message reads `name: problem`; code that took the value from a
+    settings file can tell it by the setting's name instead (`stages.app.named`)."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name}: {problem}")
+        self.name, self.problem = name, problem
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

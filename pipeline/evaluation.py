@@ -109,10 +109,10 @@ def _roi_masks(names: np.ndarray, slices: np.ndarray, crop: int, boxes: dict) ->
     return np.stack([box_mask((crop, crop), boxes.get((str(v), int(k)), ())) for v, k in zip(names, slices)])
 
 
-def _load_checked(run: Run, expected_model: Optional[dict]) -> tuple[nn.Module, dict]:
+def _load_checked(run: Run, expected_model: Optional[dict], expected_label: str) -> tuple[nn.Module, dict]:
     """The run's trained U-Net; refused when it is another variant or seed, never trained, or of
-    other widths than `expected_model` (the params' unet.*)."""
-    model, config = load_unet(run.path, expected_model, expected_label="unet.* in params.yaml", require_trained=True)
+    other widths than `expected_model` (named `expected_label` in the message)."""
+    model, config = load_unet(run.path, expected_model, expected_label=expected_label, require_trained=True)
     if config.get("variant") not in (None, run.variant):
         raise InputError(f"{run.path}: holds the {config['variant']!r} variant, expected {run.variant!r}")
     seed = config.get("train", {}).get("seed")
@@ -148,22 +148,23 @@ class _Timer:
 
 
 def evaluate(stores: SliceStores, runs: Sequence[Run], boxes: dict[tuple[str, int], list[Box]],
-             device_name: str = "auto", batch_size: int = 16, keep_rows: Sequence[int] = (),
+             device_name: str, batch_size: int = 16, keep_rows: Sequence[int] = (),
              on_recon: Optional[Callable[[Run, np.ndarray], None]] = None, progress: Progress = None,
-             expected_model: Optional[dict] = None, workers: int = 0) -> Evaluation:
+             expected_model: Optional[dict] = None, expected_label: str = "the expected",
+             workers: int = 0) -> Evaluation:
     """Reconstruct the split, a volume at a time, with zero-filling and every run; per-volume metrics.
 
     `stores` is opened with `raw=True`. `on_recon(run, recons)` receives each run's reconstructions
     of each volume (target units) in store order, e.g. to store them; `keep_rows` are kept for
-    figures; `expected_model` (a model config) refuses checkpoints of other widths; `progress(1)`
-    per volume."""
+    figures; `expected_model` (a model config, described as `expected_label` in the message) refuses
+    checkpoints of other widths; `progress(1)` per volume."""
     if not stores.raw:
         raise ValueError("open the stores with raw=True")
     device = select_device(device_name)
     ev = Evaluation(per_volume=[])
     models = {}
     for run in runs:
-        model, ev.configs[run.label] = _load_checked(run, expected_model)
+        model, ev.configs[run.label] = _load_checked(run, expected_model, expected_label)
         models[run.label] = prepare_model(model, device)
     timers = {run.label: _Timer(device) for run in runs}
     by_run: dict[str, list[dict[str, Any]]] = {r.label: [] for r in [Run(ZERO_FILLED)] + list(runs)}
@@ -231,7 +232,16 @@ def variant_intervals(table: pd.DataFrame, variant: str, metrics: Sequence[str],
             for m in metrics}
 
 
-def summarize(table: pd.DataFrame, n_resamples: int = 10000, seed: int = 0) -> tuple[dict, dict]:
+def summarize_evaluation(ev: Evaluation, n_resamples: int) -> tuple[dict, dict, pd.DataFrame]:
+    """(tracked metrics, detail, per-volume table) of an evaluation: `summarize` of its per-volume
+    rows, the detail ending with each run's inference time per slice."""
+    table = per_volume_table(ev.per_volume)
+    tracked, detail = summarize(table, n_resamples)
+    detail["ms_per_slice"] = ev.ms_per_slice
+    return tracked, detail, table
+
+
+def summarize(table: pd.DataFrame, n_resamples: int, seed: int = 0) -> tuple[dict, dict]:
     """(tracked metrics, detail) from the per-volume table; see the module doc for what goes where."""
     variants = [v for v in (ZERO_FILLED,) + MODEL_VARIANTS if v in set(table["variant"])]
     comparisons = compare_all(table, ROI_VARIANTS, REFERENCE, COMPARED, n_resamples=n_resamples, seed=seed)
@@ -322,13 +332,14 @@ def read_per_volume(path: Path | str) -> pd.DataFrame:
 
 
 def annotation_boxes(annotations: Path | str | None, slices_path: Path | str, split: str, crop: int,
-                     frame: int | None = None) -> dict[tuple[str, int], list[Box]]:
+                     frame: int | None = None, param: str = "frame") -> dict[tuple[str, int], list[Box]]:
     """Ground-truth boxes of a split in the crop frame: {(volume file name, slice): [box]}.
 
     fastMRI+ boxes are given in the recon frame (`frame` x `frame` when set, 320 for fastMRI+
-    knee; else each volume's target shape) and moved into the centre crop as fastMRI crops.
+    knee; else each volume's target shape) and moved into the centre crop as fastMRI crops;
+    `param` names `frame` in messages (`split_boxes`).
     """
     from pipeline.roi_scores import split_boxes
 
-    found = split_boxes(annotations, slices_path, split, crop, frame, "data.annotation_frame")
+    found = split_boxes(annotations, slices_path, split, crop, frame, param)
     return {key: [b for b, _ in pairs] for key, pairs in found.items()}

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import zarr
 from scipy.ndimage import gaussian_filter
 
-from pipeline.errors import InputError
+from pipeline.errors import BadValue, InputError
 from pipeline.models.mrnet import MRNet, prepare_volume
 from pipeline.store import (SPLITS, ShardedWriter, as_str, atomic_path, check_aligned, finish_store, open_store,
                             read_rows, split_group)
@@ -48,11 +48,11 @@ class GradCAMSpec:
 
 
 def check_layer(model: MRNet, layer: str) -> torch.nn.Module:
+    """The trunk layer named `layer`; a BadValue when MRNet's trunk has no such layer."""
     names = dict(model.named_modules())
     if layer not in names or not layer.startswith("features."):
         convs = [n for n, m in model.features.named_children()]
-        raise InputError(f"gradcam.layer: {layer!r} is not a layer of MRNet's trunk "
-                         f"(features.0 .. features.{convs[-1]})")
+        raise BadValue("layer", f"{layer!r} is not a layer of MRNet's trunk (features.0 .. features.{convs[-1]})")
     return names[layer]
 
 

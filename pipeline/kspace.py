@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.fft as sfft
 
-from pipeline.errors import InputError
+from pipeline.errors import BadValue
 
 if TYPE_CHECKING:  # fastmri imports torch: only the stages that draw masks pay for it
     from fastmri.data import subsample
@@ -41,19 +41,27 @@ INTEGER_ACCELERATION_MASKS = ("equispaced", "magic")
 
 
 def mask_function(mask_type: str, acceleration: float, center_fraction: float) -> subsample.MaskFunc:
-    if mask_type not in MASK_TYPES:
-        raise InputError(f"mask.type: unknown mask type {mask_type!r}, expected one of {', '.join(MASK_TYPES)}")
-    if (not isinstance(acceleration, (int, float)) or isinstance(acceleration, bool)
-            or not math.isfinite(acceleration) or not acceleration > 1):
-        raise InputError(f"mask.acceleration: must be a finite number greater than 1, got {acceleration!r}")
-    if mask_type in INTEGER_ACCELERATION_MASKS and not float(acceleration).is_integer():
-        raise InputError(f"mask.acceleration: {mask_type} masks need an integer acceleration, got {acceleration!r}")
-    if not 0 < center_fraction < 1:
-        raise InputError(f"mask.center_fraction: must be in (0, 1), got {center_fraction!r}")
+    """fastMRI's mask function for one type, acceleration and centre fraction. The values are taken
+    as they are (fastMRI's own mask functions check nothing either): `check_mask` says whether
+    fastMRI can build such a mask."""
     from fastmri.data import subsample
 
     acc = int(acceleration) if float(acceleration).is_integer() else float(acceleration)
     return subsample.create_mask_for_mask_type(mask_type, [center_fraction], [acc])
+
+
+def check_mask(mask_type: str, acceleration: float, center_fraction: float) -> None:
+    """Refuse a mask fastMRI cannot build, for settings read from a file: a BadValue naming `type`,
+    `acceleration` or `center_fraction`."""
+    if mask_type not in MASK_TYPES:
+        raise BadValue("type", f"unknown mask type {mask_type!r}, expected one of {', '.join(MASK_TYPES)}")
+    if (not isinstance(acceleration, (int, float)) or isinstance(acceleration, bool)
+            or not math.isfinite(acceleration) or not acceleration > 1):
+        raise BadValue("acceleration", f"must be a finite number greater than 1, got {acceleration!r}")
+    if mask_type in INTEGER_ACCELERATION_MASKS and not float(acceleration).is_integer():
+        raise BadValue("acceleration", f"{mask_type} masks need an integer acceleration, got {acceleration!r}")
+    if not 0 < center_fraction < 1:
+        raise BadValue("center_fraction", f"must be in (0, 1), got {center_fraction!r}")
 
 
 def volume_mask(mask_func: subsample.MaskFunc, fname: str, kspace_shape: tuple[int, ...]) -> np.ndarray:
@@ -65,7 +73,7 @@ def volume_mask(mask_func: subsample.MaskFunc, fname: str, kspace_shape: tuple[i
 
 def check_crop(crop: int, image_shape: tuple[int, int], where: str) -> None:
     if crop > min(image_shape):
-        raise InputError(f"data.crop: {crop} is larger than the image ({image_shape[0]}x{image_shape[1]}) of {where}")
+        raise BadValue("crop", f"{crop} is larger than the image ({image_shape[0]}x{image_shape[1]}) of {where}")
 
 
 @lru_cache(maxsize=8)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.errors import BadValue
+
 KINDS = ("mse", "l1")
 
 
@@ -41,12 +43,12 @@ class ReconLoss(nn.Module):
     Computed in float32 even under autocast.
     """
 
-    def __init__(self, kind: str, ssim_weight: float = 0.0, win_size: int = 7):
+    def __init__(self, kind: str, ssim_weight: float, win_size: int = 7):
         super().__init__()
         if kind not in KINDS:
-            raise ValueError(f"loss.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+            raise BadValue("kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
         if not 0 <= ssim_weight <= 1:
-            raise ValueError(f"loss.ssim_weight: must be in [0, 1], got {ssim_weight!r}")
+            raise BadValue("ssim_weight", f"must be in [0, 1], got {ssim_weight!r}")
         self.kind, self.ssim_weight, self.win_size = kind, float(ssim_weight), win_size
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from pipeline import inference
-from pipeline.errors import InputError, first_line
+from pipeline.errors import BadValue, InputError, first_line
 from pipeline.io.fastmri import KSPACE_RANK, TARGET_KEY
-from pipeline.kspace import instance_stats, mask_function, volume_mask, zero_filled
+from pipeline.kspace import check_mask, instance_stats, mask_function, volume_mask, zero_filled
 from pipeline.models.registry import load_unet
 from pipeline.store import atomic_path
 from pipeline.unet_data import denormalize, normalize
@@ -85,9 +85,9 @@ def acquisition_of(config: dict[str, Any], where: Path | str) -> Acquisition:
     if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
         raise InputError(f"{where}: acquisition crop must be a positive integer, got {crop!r}")
     try:
-        mask_function(mask["type"], mask["acceleration"], mask["center_fraction"])
-    except InputError as exc:
-        raise InputError(f"{where}: acquisition {exc}") from None
+        check_mask(mask["type"], mask["acceleration"], mask["center_fraction"])
+    except BadValue as exc:  # named as the key under "mask"
+        raise InputError(f"{where}: acquisition mask.{exc}") from None
     return Acquisition(challenge, crop, mask["type"], mask["acceleration"], mask["center_fraction"])
 
 
@@ -235,7 +235,7 @@ def output_paths(inputs: Sequence[Path | str], out_dir: Path | str) -> list[Path
         seen[p.name] = p
         o = out_dir / p.name
         if o.resolve() in resolved:
-            raise InputError(f"{o}: the output would overwrite an input file; choose another --out")
+            raise InputError(f"{o}: the output would overwrite an input file; choose another output directory")
         outs.append(o)
     return outs
 
@@ -256,9 +256,9 @@ def reconstruct(inputs: Sequence[Path | str], model_path: Path | str, out_dir: P
     bad input stops the run before any output is written. `bar(total, desc)`: a context manager
     yielding `update(n)` (stages.progress.bar), called per batch of slices."""
     if batch_size < 1:
-        raise InputError(f"--batch-size: must be at least 1, got {batch_size}")
+        raise BadValue("batch_size", f"must be at least 1, got {batch_size}")
     if not inputs:
-        raise InputError("reconstruct: no input files given")
+        raise InputError("no input files given")
     outs = output_paths(inputs, out_dir)
     model, acq, _ = load_model(model_path)
     infos = [inspect_file(p, acq, warn) for p in inputs]

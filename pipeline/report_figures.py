@@ -14,10 +14,12 @@ from typing import Sequence
 
 import pandas as pd
 
-from pipeline.evaluation import MODEL_VARIANTS, REFERENCE, ROI_VARIANTS, ZERO_FILLED, Evaluation, seed_means
-from pipeline.figures import ErrorPanel, write_error_maps
+from pipeline.evaluation import (MODEL_VARIANTS, REFERENCE, ROI_VARIANTS, ZERO_FILLED, Evaluation, roi_area,
+                                 seed_means)
+from pipeline.figures import ErrorPanel, choose_slices, write_error_maps
 from pipeline.figures_compare import forest_plot, paired_volume_plot, training_curves_plot
 from pipeline.store import atomic_path
+from pipeline.unet_data import SliceStores
 
 LABELS = {ZERO_FILLED: "zero-filled", "baseline": "baseline", "weighted": "Grad-CAM weighted",
           "oracle": "oracle weighted"}
@@ -39,6 +41,12 @@ def write_figures(figures_dir: Path | str, error_maps_dir: Path | str, ev: Evalu
                              {label: cfg.get("history", []) for label, cfg in ev.configs.items()})
     names = write_error_maps(error_maps_dir, error_panels(ev, boxes, rows))
     return 3 + len(names)
+
+
+def error_map_rows(stores: SliceStores, boxes: dict, n: int) -> list[int]:
+    """The `n` rows of the split the error maps show, chosen from the boxes alone (`choose_slices`),
+    so they are known before the evaluation keeps their reconstructions."""
+    return choose_slices(stores.volume, stores.slice, roi_area(stores, boxes), n)
 
 
 def seed_averaged(table: pd.DataFrame, metric: str) -> pd.DataFrame:

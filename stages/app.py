@@ -1,15 +1,18 @@
 """The `roirecon` typer app and the error boundary shared by every stage command."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import subprocess
+import sys
 import traceback
-from typing import Callable
+from typing import Callable, Iterator
 
 import click
 import typer
 
-from pipeline.errors import InputError
+from pipeline.errors import BadValue, InputError
 
 app = typer.Typer(
     help="ROI-weighted accelerated knee MRI reconstruction. Each subcommand but `reconstruct` is one "
@@ -19,6 +22,40 @@ app = typer.Typer(
 )
 
 PARAMS_OPTION = typer.Option("params.yaml", "--params", help="params file (YAML 1.2, as DVC reads it)")
+RAW_DIR_HELP = ("fastMRI root with {train,val,test}/*.h5, or {train,val} with data.test_from_val > 0 "
+                "(default: data.raw_dir)")
+
+
+def slice_counts(counts: dict[str, int]) -> str:
+    """`train 12 slices, val 4 slices, ...`: a store's slices per split, for a stage's last line."""
+    return ", ".join(f"{k} {v} slices" for k, v in counts.items())
+
+
+@contextlib.contextmanager
+def named(**keys: str) -> Iterator[None]:
+    """Tell a value the library refuses (a BadValue) by where the stage took it from: `keys` maps the
+    library's argument names to params keys or options, so that under `named(crop="data.crop")`
+    `crop: 4096 is larger than the image ...` reads `data.crop: 4096 is larger than the image ...`."""
+    try:
+        yield
+    except BadValue as exc:
+        if exc.name not in keys:
+            raise
+        raise InputError(f"{keys[exc.name]}: {exc.problem}") from None
+
+
+def rerun_under_torchrun(ctx: typer.Context, nproc: int, reason: str) -> None:
+    """Run the command of `ctx`, with the options it was given, again under `torchrun --standalone
+    --nproc-per-node nproc`, and wait for it; its exit code is this command's."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "stages.cli", ctx.info_name]
+    for param in ctx.command.params:
+        if ctx.params.get(param.name) is not None:
+            argv += ["--" + param.name.replace("_", "-"), str(ctx.params[param.name])]
+    typer.echo(f"{ctx.info_name}: {reason}: running under torchrun ({nproc} processes)")
+    code = subprocess.call(argv)
+    if code:
+        raise typer.Exit(code)
 
 
 DEBUG_VARIABLE = "ROIRECON_DEBUG"

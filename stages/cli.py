@@ -9,7 +9,8 @@ import inspect
 import signal
 import sys
 
-from stages import boxmaps, evaluate, gradcam, mrnet, reconstruct, slices, summary, synthesize, unet  # noqa: F401  (registers commands)
+from stages import (boxmaps, evaluate, gradcam, mrnet, prepare, reconstruct, summary,  # noqa: F401  (registers commands)
+                    synthesize, undersample, unet)
 from stages.app import app
 
 # `roirecon --help` lists the commands in the order `dvc repro` runs them (dvc.yaml), not in

@@ -40,12 +40,11 @@ def evaluate_cmd(
     Params: evaluate.*, unet.seeds and the unet.* widths (a checkpoint of other widths is refused),
     data.annotations, data.annotation_frame."""
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
-    from pipeline.evaluation import (annotation_boxes, evaluate, model_runs, per_volume_table,
-                                     reconstructions_writer, roi_area, summarize, write_per_volume)
-    from pipeline.reports import metrics_table, write_json
-    from pipeline.figures import choose_slices
+    from pipeline.evaluation import (annotation_boxes, evaluate, model_runs, reconstructions_writer,
+                                     summarize_evaluation, write_per_volume)
     from pipeline.models.registry import model_config
-    from pipeline.report_figures import write_figures
+    from pipeline.report_figures import error_map_rows, write_figures
+    from pipeline.reports import metrics_table, write_json
     from pipeline.unet_data import SliceStores
     from stages.progress import bar
     from stages.settings import load_params
@@ -55,16 +54,14 @@ def evaluate_cmd(
     ann = annotations if annotations is not None else (Path(p.data.annotations) if p.data.annotations else None)
     runs = model_runs(models, u.seeds)
     stores = SliceStores(slices, undersampled, heatmaps, e.split, raw=True)
-    boxes = annotation_boxes(ann, slices, e.split, stores.crop, p.data.annotation_frame)
-    rows = choose_slices(stores.volume, stores.slice, roi_area(stores, boxes), e.n_figures)
+    boxes = annotation_boxes(ann, slices, e.split, stores.crop, p.data.annotation_frame, "data.annotation_frame")
+    rows = error_map_rows(stores, boxes, e.n_figures)
     with reconstructions_writer(out, stores, {"seeds": list(u.seeds)}) as write, \
             bar(len(stores.volumes()), f"evaluate {e.split}: {len(runs) + 1} runs", unit="volume") as update:
         ev = evaluate(stores, runs, boxes, e.device, keep_rows=rows, on_recon=write, progress=update,
                       expected_model=model_config(u.arch, u.chans, u.num_pool_layers, u.drop_prob, u.residual),
-                      workers=e.num_workers)
-    table = per_volume_table(ev.per_volume)
-    tracked, info = summarize(table, e.bootstrap_resamples)
-    info["ms_per_slice"] = ev.ms_per_slice
+                      expected_label="unet.* in params.yaml", workers=e.num_workers)
+    tracked, info, table = summarize_evaluation(ev, e.bootstrap_resamples)
     write_per_volume(per_volume, ev.per_volume)
     write_json(metrics, tracked)
     write_json(detail, info)

@@ -1,13 +1,12 @@
 """gradcam: MRNet Grad-CAM ROI heatmaps for every slice of the slices store, scored against boxes."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from stages.app import PARAMS_OPTION, app, stage
+from stages.app import PARAMS_OPTION, app, named, stage
 
 SCORED_SPLIT = "test"
 
@@ -32,16 +31,12 @@ def gradcam_cmd(
 
     Params: gradcam.*, data.annotations, data.annotation_frame."""
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
-    import numpy as np
-    import zarr
-
-    from pipeline.figures_gradcam import overlay_png, pick_evenly
-    from pipeline.gradcam import (GradCAMSpec, annotated_slices, check_layer, check_slices_split,
-                                  write_heatmaps)
+    from pipeline.gradcam import GradCAMSpec, check_layer, write_heatmaps
+    from pipeline.gradcam_report import score_heatmaps, slices_shapes
     from pipeline.models.mrnet import load_mrnet
     from pipeline.reports import write_json
-    from pipeline.roi_scores import score_slices, split_boxes
-    from pipeline.store import SPLITS, atomic_path, open_store, split_group
+    from pipeline.roi_scores import split_boxes
+    from pipeline.store import atomic_path
     from stages.progress import bar
     from stages.settings import load_params
 
@@ -49,36 +44,20 @@ def gradcam_cmd(
     g = p.gradcam
     spec = GradCAMSpec(layer=g.layer, smooth_sigma=g.smooth_sigma)
     net, config = load_mrnet(model)
-    check_layer(net, spec.layer)
-    store = open_store(slices, kind="slices")
-    shapes = {s: check_slices_split(split_group(store, s, slices), slices, s) for s in SPLITS}
-    test = store[SCORED_SPLIT]
-    crop = shapes[SCORED_SPLIT][1]
-    ann_path = annotations or (Path(p.data.annotations) if p.data.annotations else None)
+    with named(layer="gradcam.layer"):
+        check_layer(net, spec.layer)
+    shapes = slices_shapes(slices)
+    ann = annotations or (Path(p.data.annotations) if p.data.annotations else None)
     # the boxes are read and checked before the long part
-    boxes = split_boxes(ann_path, slices, SCORED_SPLIT, crop, p.data.annotation_frame, "data.annotation_frame")
-    total = sum(n for n, _ in shapes.values())
-
-    with contextlib.ExitStack() as stack:
-        tmp_out = stack.enter_context(atomic_path(out))
-        tmp_fig = stack.enter_context(atomic_path(overlays))
-        with bar(total, "gradcam") as update:
+    boxes = split_boxes(ann, slices, SCORED_SPLIT, shapes[SCORED_SPLIT][1], p.data.annotation_frame,
+                        "data.annotation_frame")
+    with atomic_path(out) as tmp_out, atomic_path(overlays) as tmp_fig:
+        with bar(sum(n for n, _ in shapes.values()), "gradcam") as update:
             counts = write_heatmaps(tmp_out, slices, net, config, spec, progress=update,
-                                    attrs={"model": str(model), "annotations": str(ann_path)})
-        heat = zarr.open_group(str(tmp_out), mode="r")[SCORED_SPLIT]
-        rows = annotated_slices(heat, boxes)
-        maps = heat["heatmap"]
-        scores = score_slices((maps[r], b, labels) for r, _, _, b, labels in rows)
-        report = {SCORED_SPLIT: scores, "layer": spec.layer, "smooth_sigma": spec.smooth_sigma,
-                  "annotations": str(ann_path) if ann_path else None,
-                  "slices": counts}
-        tmp_fig.mkdir(parents=True)
-        for r, name, k, b, labels in pick_evenly(rows, g.n_overlays):
-            overlay_png(tmp_fig / f"{Path(name).stem}_s{k:03d}.png", np.asarray(test["target"][r]),
-                        np.asarray(maps[r]), b, labels,
-                        f"MRNet Grad-CAM, {name} slice {k} ({SCORED_SPLIT} split)")
-        write_json(metrics, report)
-    pg = scores["pointing_game"]
+                                    attrs={"model": str(model), "annotations": str(ann)})
+        scores = score_heatmaps(tmp_out, slices, SCORED_SPLIT, boxes, g.n_overlays, tmp_fig)
+        write_json(metrics, {SCORED_SPLIT: scores, "layer": spec.layer, "smooth_sigma": spec.smooth_sigma,
+                             "annotations": str(ann) if ann else None, "slices": counts})
     typer.echo(f"gradcam: {out} ({', '.join(f'{s} {n}' for s, n in counts.items())} slices); "
-               f"{SCORED_SPLIT}: pointing game {pg:.3f}, energy in box {scores['energy_in_box']:.3f} "
-               f"(chance {scores['chance']:.3f}) over {scores['n_slices']} annotated slices")
+               f"{SCORED_SPLIT}: pointing game {scores['pointing_game']:.3f}, energy in box "
+               f"{scores['energy_in_box']:.3f} (chance {scores['chance']:.3f}) over {scores['n_slices']} annotated slices")

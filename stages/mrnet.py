@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from stages.app import PARAMS_OPTION, app, stage
+from stages.app import PARAMS_OPTION, app, named, stage
 
 
 @app.command("train-mrnet")
@@ -32,9 +32,8 @@ def train_mrnet_cmd(
     from pipeline.models.mrnet import save_mrnet
     from pipeline.reports import write_json
     from pipeline.store import atomic_path
-    from pipeline.training.logging import live_logger
     from pipeline.training.mrnet import MRNetTrainConfig, progress_units, train_mrnet
-    from stages.progress import bar
+    from stages.progress import bar, live_logger
     from stages.settings import load_params
 
     p = load_params(params)
@@ -42,7 +41,8 @@ def train_mrnet_cmd(
     root = data_dir or Path(m.data_dir)
     kw = dict(plane=m.plane, task=m.task, roi_crop=m.kneemri_roi_crop,
               valid_fraction=m.kneemri_valid_fraction, seed=p.seed)
-    splits = list_splits(m.source, root, **kw)
+    with named(task="mrnet.task"):
+        splits = list_splits(m.source, root, **kw)
     train, test = splits["train"], splits["valid"]
     cfg = MRNetTrainConfig(image_size=m.image_size, epochs=m.epochs, lr=m.lr, weight_decay=m.weight_decay,
                            tune_fraction=m.tune_fraction, augment=m.augment, device=m.device, seed=p.seed,
@@ -51,7 +51,8 @@ def train_mrnet_cmd(
     with contextlib.ExitStack() as stack:
         update = stack.enter_context(bar(progress_units(train, test, cfg), "train-mrnet", unit="exam"))
         log = stack.enter_context(live_logger(live))
-        result = train_mrnet(train, test, cfg, log=log, progress=update, extra_config=extra)
+        with named(pretrained="mrnet.pretrained"):
+            result = train_mrnet(train, test, cfg, log=log, progress=update, extra_config=extra)
         model_tmp = stack.enter_context(atomic_path(out))
         save_mrnet(model_tmp, result.model, result.config)
         write_json(metrics, result.metrics)

@@ -6,6 +6,9 @@
   and a last line when such a task ends; tasks shorter than INTERVAL_S print nothing. tqdm would
   write carriage returns there, which a log shows as one endless line.
 - ROIRECON_PROGRESS=0: nothing (the tests set it).
+
+The training stages' per-epoch curves go to dvclive through `live_logger`, the LogFn (see
+pipeline/training/logging.py) that the stages hand to the training loops.
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ import contextlib
 import os
 import sys
 import time
-from typing import Callable, Iterator, Optional, TextIO
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Optional, TextIO
 
 INTERVAL_S = 5.0  # seconds between two plain progress lines
 
@@ -93,3 +97,31 @@ def _isatty(stream) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
         return False
+
+
+@contextlib.contextmanager
+def live_logger(out_dir: Optional[Path | str]) -> Iterator[Callable[[Mapping[str, float]], None]]:
+    """Yield `log(metrics)`, each call one step (epoch), written with dvclive under `out_dir`:
+    `metrics.json` and `plots/metrics/<name>.tsv` (x = step), which `dvc plots show` draws. dvclive
+    is told not to touch dvc.yaml nor to create DVC experiments (`dvc repro` / `dvc exp run` record
+    everything). The directory appears only when the block succeeds; a failed run leaves nothing.
+    `out_dir` None: the metrics are dropped."""
+    if out_dir is None:
+        yield lambda metrics: None
+        return
+    from dvclive import Live  # imported here: `roirecon --help` does not need it
+
+    from pipeline.store import atomic_path
+
+    with atomic_path(out_dir) as tmp:
+        live = Live(dir=str(tmp), dvcyaml=False, save_dvc_exp=False, report=None)
+
+        def log(metrics: Mapping[str, float]) -> None:
+            for name, value in metrics.items():
+                live.log_metric(name, float(value))
+            live.next_step()
+
+        try:
+            yield log
+        finally:
+            live.end()

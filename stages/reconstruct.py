@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from stages.app import app, stage
+from stages.app import app, named, stage
 
 
 @app.command("reconstruct")
@@ -39,8 +39,9 @@ def reconstruct_cmd(
     from pipeline.training.device import select_device
     from stages.progress import bar
 
-    done = reconstruct(files, model, out, device=select_device(device), batch_size=batch_size,
-                       warn=lambda line: typer.echo(f"warning: {line}", err=True), bar=bar)
+    with named(batch_size="--batch-size"):
+        done = reconstruct(files, model, out, device=select_device(device), batch_size=batch_size,
+                           warn=lambda line: typer.echo(f"warning: {line}", err=True), bar=bar)
     n_slices = sum(d.n_slices for d in done)
     given = sum(d.undersampled for d in done)
     how = f"; {given} already undersampled, used as they are" if given else ""

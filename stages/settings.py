@@ -135,6 +135,12 @@ class LossSettings(Section):
     roi_weight: float = Field(ge=0)
     ssim_weight: float = Field(ge=0, le=1)
 
+    def roi_weight_for(self, uses_roi_map: bool) -> float:
+        """The ROI weight a training run gets: `roi_weight` for a variant whose loss is weighted by an
+        ROI map (weighted, oracle); 0 for the baseline, which weights nothing and does not depend on
+        loss.roi_weight (dvc.yaml), so its checkpoint records 0 whatever the key holds."""
+        return self.roi_weight if uses_roi_map else 0.0
+
 
 class EvaluateSettings(Section):
     split: Literal["val", "test"]

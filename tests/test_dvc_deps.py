@@ -11,7 +11,7 @@ import yaml
 from tests.helpers import REPO
 
 STAGE_MODULES = {
-    "synthesize": "stages/synthesize.py", "prepare": "stages/slices.py", "undersample": "stages/slices.py",
+    "synthesize": "stages/synthesize.py", "prepare": "stages/prepare.py", "undersample": "stages/undersample.py",
     "train-mrnet": "stages/mrnet.py", "gradcam": "stages/gradcam.py", "boxmaps": "stages/boxmaps.py",
     "train-baseline": "stages/unet.py", "train-weighted": "stages/unet.py", "train-oracle": "stages/unet.py",
     "evaluate": "stages/evaluate.py",

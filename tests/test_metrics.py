@@ -111,18 +111,18 @@ def test_weighted_loss_scale_does_not_depend_on_the_weights():
     pred = target + 0.3  # the same error everywhere
     heat = torch.rand(3, 1, 20, 20)
     for kind in ("mse", "l1"):
-        loss = ReconLoss(kind)
+        loss = ReconLoss(kind, 0.0)
         plain = loss(pred, target)
         assert float(loss(pred, target, roi_weights(heat, 10.0))) == pytest.approx(float(plain), rel=1e-5)
     pred = target + torch.randn_like(target)
-    assert float(ReconLoss("mse")(pred, target)) == pytest.approx(float(F.mse_loss(pred, target)), rel=1e-6)
-    assert float(ReconLoss("l1")(pred, target)) == pytest.approx(float(F.l1_loss(pred, target)), rel=1e-6)
+    assert float(ReconLoss("mse", 0.0)(pred, target)) == pytest.approx(float(F.mse_loss(pred, target)), rel=1e-6)
+    assert float(ReconLoss("l1", 0.0)(pred, target)) == pytest.approx(float(F.l1_loss(pred, target)), rel=1e-6)
     # errors inside the heatmap count more
     err_in = target.clone()
     err_in[..., 2:6, 2:6] += 1.0
     h = torch.zeros_like(target)
     h[..., 2:6, 2:6] = 1.0
-    assert float(ReconLoss("mse")(err_in, target, roi_weights(h, 4.0))) > float(ReconLoss("mse")(err_in, target))
+    assert float(ReconLoss("mse", 0.0)(err_in, target, roi_weights(h, 4.0))) > float(ReconLoss("mse", 0.0)(err_in, target))
 
 
 def test_ssim_term_matches_fastmri_ssimloss():
@@ -138,5 +138,7 @@ def test_ssim_term_matches_fastmri_ssimloss():
     expect = 0.5 * F.l1_loss(x, y) + 0.5 * (1 - ssim_map(x, y, flat.amax(1) - flat.amin(1)).mean())
     assert float(loss(x, y)) == pytest.approx(float(expect), rel=1e-5)
     assert float(loss(x, y, torch.ones_like(y))) == pytest.approx(float(expect), rel=1e-5)
-    with pytest.raises(ValueError):
-        ReconLoss("huber")
+    with pytest.raises(ValueError, match=r"^kind: expected one of mse, l1, got 'huber'"):
+        ReconLoss("huber", 0.0)
+    with pytest.raises(ValueError, match=r"^ssim_weight: must be in \[0, 1\], got 1.5"):
+        ReconLoss("l1", 1.5)

@@ -110,9 +110,15 @@ def test_train_config_requires_what_params_set():
     from pipeline.training.unet import TrainConfig
     required = {f.name for f in dataclasses.fields(TrainConfig)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    assert {"epochs", "batch_size", "lr", "roi_weight", "seed", "device"} <= required
+    assert {"epochs", "batch_size", "lr", "roi_weight", "seed", "device", "loss_kind", "ssim_weight",
+            "deterministic", "compile"} <= required
     with pytest.raises(TypeError, match="roi_weight"):
         TrainConfig(variant="weighted", model={}, epochs=1, batch_size=1, lr=1e-3, seed=0, device="cpu")
+
+
+def test_only_the_roi_variants_read_the_roi_weight(tmp_path):
+    loss = load_params(write_params(tmp_path / "p.yaml", loss={"roi_weight": 7.5})).loss
+    assert (loss.roi_weight_for(True), loss.roi_weight_for(False)) == (7.5, 0.0)
 
 
 def test_recon_loss_kind_is_required():
@@ -154,14 +160,18 @@ def test_fractional_acceleration_still_fine_for_random_masks(tmp_path):
     assert load_params(write_params(tmp_path / "p.yaml", mask={"acceleration": 2.5})).mask.acceleration == 2.5
 
 
-def test_mask_function_refuses_the_same():
-    from pipeline.kspace import mask_function
-    with pytest.raises(InputError, match=r"mask\.acceleration: must be a finite number"):
-        mask_function("random", float("inf"), 0.08)
-    with pytest.raises(InputError, match=r"mask\.acceleration: equispaced masks need an integer"):
-        mask_function("equispaced", 2.5, 0.08)
-    mask_function("equispaced", 4.0, 0.08)
-    mask_function("random", 2.5, 0.08)
+def test_check_mask_refuses_the_same_as_the_settings():
+    from pipeline.kspace import check_mask
+    with pytest.raises(ValueError, match=r"^acceleration: must be a finite number"):
+        check_mask("random", float("inf"), 0.08)
+    with pytest.raises(ValueError, match=r"^acceleration: equispaced masks need an integer"):
+        check_mask("equispaced", 2.5, 0.08)
+    with pytest.raises(ValueError, match=r"^type: unknown mask type 'gaussian'"):
+        check_mask("gaussian", 4, 0.08)
+    with pytest.raises(ValueError, match=r"^center_fraction: must be in \(0, 1\), got 1.5"):
+        check_mask("random", 4, 1.5)
+    check_mask("equispaced", 4.0, 0.08)
+    check_mask("random", 2.5, 0.08)
 
 
 # ------------------------------------------------------------------ 4. checkpoints vs params, 5. unsafe files
@@ -186,10 +196,10 @@ def test_acceleration_must_be_greater_than_one(tmp_path, value):
     with pytest.raises(InputError) as e:
         load_params(f)
     assert str(e.value) == f"{f}: mask.acceleration: Input should be greater than 1 (got {value!r})"
-    from pipeline.kspace import mask_function
-    with pytest.raises(InputError) as e:
-        mask_function("random", value, 0.08)
-    assert str(e.value) == f"mask.acceleration: must be a finite number greater than 1, got {value!r}"
+    from pipeline.kspace import check_mask
+    with pytest.raises(ValueError) as e:
+        check_mask("random", value, 0.08)
+    assert str(e.value) == f"acceleration: must be a finite number greater than 1, got {value!r}"
 
 
 def test_acceleration_of_one_is_one_line_from_the_cli(tmp_path, tiny_fastmri):
@@ -651,3 +661,14 @@ def test_a_bug_raised_while_handling_an_os_error_keeps_its_traceback():
             {}["missing"]
     except KeyError as bug:
         assert environment_error(bug) is None
+
+
+def test_a_refused_value_is_told_by_the_setting_it_came_from():
+    from pipeline.errors import BadValue
+    from stages.app import named
+    with pytest.raises(InputError) as e, named(crop="data.crop"):
+        raise BadValue("crop", "4096 is larger than the image (640x368) of f.h5")
+    assert str(e.value) == "data.crop: 4096 is larger than the image (640x368) of f.h5"
+    with pytest.raises(BadValue) as e, named(crop="data.crop"):    # another value: left as it is
+        raise BadValue("layer", "'x' is not a layer")
+    assert str(e.value) == "layer: 'x' is not a layer" and isinstance(e.value, ValueError)

@@ -94,7 +94,7 @@ def test_a_patient_never_straddles_val_and_test(tmp_path):
 
 def test_carve_needs_two_patients(tmp_path):
     raw = _raw(tmp_path, 3, ["same", "same", "same"])
-    with pytest.raises(InputError, match="data.test_from_val: cannot carve a test split out of val's 3 file"):
+    with pytest.raises(InputError, match="^test_from_val: cannot carve a test split out of val's 3 file"):
         list_split(raw, "test", test_from_val=0.5)
     one = [_h5(tmp_path / "one" / "file0000001.h5", "x")]
     with pytest.raises(InputError, match="keep both non-empty"):
@@ -107,7 +107,7 @@ def test_test_dir_must_be_absent_or_empty_with_a_carve(tmp_path):
     assert len(list_split(raw, "test", test_from_val=0.5)) == 3                # an empty test dir is fine
     _h5(raw / "test" / "file0009999.h5", "p-test")
     for split in ("val", "test"):
-        with pytest.raises(InputError, match=r"test: holds \.h5 files, but data.test_from_val is 0.5"):
+        with pytest.raises(InputError, match=r"^test_from_val: 0.5 carves the test split out of val, but \S*test holds \.h5 files"):
             list_split(raw, split, test_from_val=0.5)
     assert _names(list_split(raw, "test")) == ["file0009999.h5"]            # 0: the test dir as it is
     with pytest.raises(InputError, match="must be 0 or a fraction"):
@@ -125,5 +125,6 @@ def test_prepare_with_a_carve_and_a_test_dir_is_one_clear_line(tiny_fastmri, tmp
     r = run_cli("prepare", "--raw-dir", tiny_fastmri, "--out", tmp_path / "slices.zarr", "--params", params)
     assert r.exit_code == 1
     lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and "holds .h5 files, but data.test_from_val is 0.5" in lines[0], r.output
+    assert len(lines) == 1 and lines[0].startswith("error: data.test_from_val: 0.5 carves the test split out of "
+                                                  "val, but ") and "test holds .h5 files" in lines[0], r.output
     assert "Traceback" not in r.output and not (tmp_path / "slices.zarr").exists()

@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.errors import InputError, check_disjoint, first_line
+from pipeline.errors import BadValue, InputError, check_disjoint, first_line
 
 SPLITS = ("train", "valid")
 SOURCES = ("synthetic", "mrnet", "kneemri")
@@ -76,7 +76,7 @@ def list_exams(source: str, data_dir: Path | str, split: str, *, plane: str = "c
                seed: int = 0) -> list[Exam]:
     """The exams of one split (`train` or `valid`), sorted by id, validated."""
     if source not in SOURCES:
-        raise InputError(f"mrnet.source: expected one of {', '.join(SOURCES)}, got {source!r}")
+        raise BadValue("source", f"expected one of {', '.join(SOURCES)}, got {source!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     data_dir = Path(data_dir)
@@ -154,8 +154,8 @@ def _kneemri(root: Path, split: str, task: str, roi_crop: bool, valid_fraction: 
     if not meta.is_file():
         raise InputError(f"{meta}: KneeMRI metadata (labels) missing")
     if task not in KNEEMRI_TASKS:
-        raise InputError(f"mrnet.task: KneeMRI labels ACL injuries; use one of {', '.join(KNEEMRI_TASKS)}, "
-                         f"got {task!r}")
+        raise BadValue("task", f"KneeMRI labels ACL injuries; use one of {', '.join(KNEEMRI_TASKS)}, "
+                               f"got {task!r}")
     threshold = KNEEMRI_TASKS[task]
     with open(meta, newline="") as f:
         reader = csv.DictReader(f)

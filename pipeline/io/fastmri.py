@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.errors import InputError, first_line
+from pipeline.errors import BadValue, InputError, first_line
 
 ISMRMRD_NS = {"m": "http://www.ismrm.org/ISMRMRD"}
 TARGET_KEY = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
@@ -54,19 +54,22 @@ class VolumeInfo:
 def list_split(raw_dir: Path | str, split: str, *, test_from_val: float = 0.0) -> list[Path]:
     """Sorted `*.h5` files of one split; a missing or empty split is an InputError.
 
-    `test_from_val` (params `data.test_from_val`): 0 reads `raw_dir/test` as it is; a fraction in
+    `test_from_val`: 0 reads `raw_dir/test` as it is; a fraction in
     (0, 1) carves that share of val's files out of val to be the test split (fastMRI's own test
     files have no targets), by patient (see `carve_val`), the same way on every call, so every
     stage sees the same splits. `raw_dir/test` must then be absent or hold no `.h5` file."""
     if not 0.0 <= test_from_val < 1.0:
-        raise InputError(f"data.test_from_val: must be 0 or a fraction in (0, 1), got {test_from_val!r}")
+        raise BadValue("test_from_val", f"must be 0 or a fraction in (0, 1), got {test_from_val!r}")
     if test_from_val == 0.0 or split not in ("val", "test"):
         return _h5_files(Path(raw_dir) / split)
     test_dir = Path(raw_dir) / "test"
     if test_dir.is_dir() and any(test_dir.glob("*.h5")):
-        raise InputError(f"{test_dir}: holds .h5 files, but data.test_from_val is {test_from_val:g} "
-                         f"(the test split is carved out of val): move them away or set data.test_from_val: 0")
-    val, test = carve_val(_h5_files(Path(raw_dir) / "val"), test_from_val)
+        raise BadValue("test_from_val", f"{test_from_val:g} carves the test split out of val, but {test_dir} "
+                                        f"holds .h5 files: move them away or set it to 0")
+    try:
+        val, test = carve_val(_h5_files(Path(raw_dir) / "val"), test_from_val)
+    except BadValue as exc:  # carve_val's `fraction`
+        raise BadValue("test_from_val", exc.problem) from None
     return val if split == "val" else test
 
 
@@ -112,8 +115,8 @@ def carve_val(files: list[Path], fraction: float) -> tuple[list[Path], list[Path
     if not test and len(groups) > 1:        # every patient has more files than the target
         test = list(groups[order[0]])
     if not test or len(test) == n:
-        raise InputError(f"data.test_from_val: cannot carve a test split out of val's {n} file(s) of "
-                         f"{len(groups)} patient(s) and keep both non-empty")
+        raise BadValue("fraction", f"cannot carve a test split out of val's {n} file(s) of "
+                                   f"{len(groups)} patient(s) and keep both non-empty")
     taken = set(test)
     return [p for p in files if p not in taken], sorted(test)
 
@@ -149,7 +152,7 @@ class FastMRIFile:
 
     def __init__(self, path: Path | str, challenge: str, info: VolumeInfo | None = None):
         if challenge not in TARGET_KEY:
-            raise InputError(f"data.challenge: must be singlecoil or multicoil, got {challenge!r}")
+            raise BadValue("challenge", f"must be singlecoil or multicoil, got {challenge!r}")
         self.path = Path(path)
         self.challenge = challenge
         try:
@@ -187,8 +190,9 @@ class FastMRIFile:
             raise InputError(f"{p}: 'kspace' is not a dataset")
         rank = KSPACE_RANK[self.challenge]
         if k.ndim != rank:
+            other = next(c for c in KSPACE_RANK if c != self.challenge)
             raise InputError(f"{p}: kspace has rank {k.ndim}, expected {rank} for {self.challenge} "
-                             f"(check data.challenge)")
+                             f"(a {other} file?)")
         if not np.issubdtype(k.dtype, np.complexfloating):
             raise InputError(f"{p}: kspace dtype is {k.dtype}, expected complex")
         if k.shape[0] == 0:

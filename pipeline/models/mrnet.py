@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import InputError, first_line
+from pipeline.errors import BadValue, InputError, first_line
 from pipeline.models.torch_files import read_model_file, read_torch_file
 
 ARCH = "mrnet-alexnet"
@@ -122,26 +122,28 @@ def load_pretrained_features(model: MRNet, path: Path | str) -> None:
     """Load AlexNet convolutional weights from a local state dict file.
 
     Accepts torchvision's full `alexnet` state dict (`features.*` and `classifier.*`; the head is
-    ignored) or the trunk alone (`features.*` or bare `0.weight`, ...).
+    ignored) or the trunk alone (`features.*` or bare `0.weight`, ...). A file that is missing or
+    holds no such weights is a BadValue naming `pretrained`.
     """
-    state = read_torch_file(path, missing="file not found", unreadable="not a readable torch state dict",
-                            label=f"mrnet.pretrained: {path}")
+    try:
+        state = read_torch_file(path, missing="file not found", unreadable="not a readable torch state dict")
+    except InputError as exc:
+        raise BadValue("pretrained", str(exc)) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise InputError(f"mrnet.pretrained: {path}: expected a state dict, got {type(state).__name__}")
+        raise BadValue("pretrained", f"{path}: expected a state dict, got {type(state).__name__}")
     feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     if not feats:
         feats = {k: v for k, v in state.items() if k.split(".")[0].isdigit()}
     expected = model.features.state_dict()
     missing = sorted(set(expected) - set(feats))
     if missing:
-        raise InputError(f"mrnet.pretrained: {path}: no AlexNet feature weights for {', '.join(missing)}")
+        raise BadValue("pretrained", f"{path}: no AlexNet feature weights for {', '.join(missing)}")
     for k, v in expected.items():
         if not isinstance(feats[k], torch.Tensor) or feats[k].shape != v.shape:
             got = tuple(feats[k].shape) if isinstance(feats[k], torch.Tensor) else type(feats[k]).__name__
-            raise InputError(f"mrnet.pretrained: {path}: features.{k} has shape {got}, "
-                             f"AlexNet's is {tuple(v.shape)}")
+            raise BadValue("pretrained", f"{path}: features.{k} has shape {got}, AlexNet's is {tuple(v.shape)}")
     model.features.load_state_dict({k: feats[k].float() for k in expected})
 
 

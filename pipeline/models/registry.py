@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import InputError
+from pipeline.errors import BadValue, InputError
 from pipeline.models.torch_files import read_model_file
 from pipeline.models.unet_seed import SeedUnet
 from pipeline.store import atomic_path
@@ -49,7 +49,7 @@ def model_config(arch: str, chans: int = 32, num_pool_layers: int = 4, drop_prob
                 "drop_prob": float(drop_prob), "residual": bool(residual)}
     if arch == "seed":
         return {"arch": "seed", "residual": bool(residual)}
-    raise InputError(f"unet.arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
+    raise BadValue("arch", f"expected one of {', '.join(ARCHS)}, got {arch!r}")
 
 
 def build_unet(cfg: dict[str, Any]) -> nn.Module:
@@ -63,7 +63,7 @@ def build_unet(cfg: dict[str, Any]) -> nn.Module:
     elif arch == "seed":
         net = SeedUnet(1, 1)
     else:
-        raise InputError(f"unet.arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
+        raise BadValue("arch", f"expected one of {', '.join(ARCHS)}, got {arch!r}")
     return Residual(net) if cfg.get("residual", False) else net
 
 
@@ -119,9 +119,9 @@ def load_unet(path: Path | str, expected_model: dict[str, Any] | None = None, *,
               ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network a checkpoint describes and load its weights (on CPU, eval mode).
 
-    `expected_model`: if given, the checkpoint's `config["model"]` must equal it (e.g.
-    `model_config(**unet params)`, `expected_label="unet.* in params.yaml"`): a checkpoint trained
-    with other widths is refused instead of evaluated as if it were the configured model.
+    `expected_model`: if given, the checkpoint's `config["model"]` must equal it (a `model_config`,
+    described as `expected_label` in the message, e.g. "the configured"): a checkpoint trained with
+    other widths is refused instead of evaluated as if it were the configured model.
     `require_trained`: refuse a checkpoint whose config records no training epoch (`history`),
     such as weights saved straight after initialisation.
     """

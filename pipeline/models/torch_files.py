@@ -11,12 +11,12 @@ import torch
 from pipeline.errors import InputError, first_line
 
 
-def read_torch_file(path: Path | str, *, missing: str, unreadable: str, label: str | None = None,
+def read_torch_file(path: Path | str, *, missing: str, unreadable: str,
                     map_location: str | torch.device = "cpu") -> Any:
-    """`torch.load(weights_only=True)`; a missing file raises `"<label>: <missing>"`, one torch
-    cannot read `"<label>: <unreadable> (<reason>)"` (label defaults to the path)."""
+    """`torch.load(weights_only=True)`; a missing file raises `"<path>: <missing>"`, one torch
+    cannot read `"<path>: <unreadable> (<reason>)"`."""
     path = Path(path)
-    label = label or str(path)
+    label = str(path)
     if not path.is_file():
         raise InputError(f"{label}: {missing}")
     try:

@@ -1,38 +1,17 @@
-"""Per-epoch metric logging shared by the training loops: dvclive, written atomically.
+"""The callback through which the training loops report their per-epoch metrics.
 
-`live_logger(dir)` yields `log(metrics)`; each call is one step (epoch). dvclive writes
-`<dir>/metrics.json` and `<dir>/plots/metrics/<name>.tsv` (x = step), which `dvc plots show`
-draws; it is told not to touch dvc.yaml nor to create DVC experiments (the stage is run by
-`dvc repro` / `dvc exp run`, which record everything). The directory appears only when the
-training finishes; a failed run leaves nothing.
+A loop calls `log(metrics)` once per epoch with that epoch's numbers (name -> value); where they
+go is the caller's choice (the stages write them as training curves, a notebook may collect them
+in a list). `no_log` drops them.
 """
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional
-
-from pipeline.store import atomic_path
-
-LogFn = Callable[[Mapping[str, float]], None]
+from typing import Mapping, Protocol
 
 
-@contextlib.contextmanager
-def live_logger(out_dir: Optional[Path | str]) -> Iterator[LogFn]:
-    if out_dir is None:
-        yield lambda metrics: None
-        return
-    from dvclive import Live
+class LogFn(Protocol):
+    def __call__(self, metrics: Mapping[str, float]) -> None: ...
 
-    with atomic_path(out_dir) as tmp:
-        live = Live(dir=str(tmp), dvcyaml=False, save_dvc_exp=False, report=None)
 
-        def log(metrics: Mapping[str, float]) -> None:
-            for name, value in metrics.items():
-                live.log_metric(name, float(value))
-            live.next_step()
-
-        try:
-            yield log
-        finally:
-            live.end()
+def no_log(metrics: Mapping[str, float]) -> None:
+    """A LogFn that keeps nothing."""

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.errors import InputError, first_line
+from pipeline.errors import BadValue, InputError, first_line
 from pipeline.inference import forward, to_target_units
 from pipeline.losses import ReconLoss, roi_weights
 from pipeline.metrics import volume_metrics
@@ -52,7 +52,7 @@ Bar = Callable[[int, str, str], ContextManager[Callable[[int], None]]]
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 VAL_KEYS = ("nmse", "psnr", "ssim", "heatmap_nmse")
-# per-epoch quality numbers kept in the checkpoint config and logged to dvclive (timings only printed)
+# per-epoch quality numbers kept in the checkpoint config and logged as curves (timings only printed)
 CURVE_KEYS = ("train/loss", "lr") + tuple(f"val/{k}" for k in ("loss",) + VAL_KEYS)
 VAL_BATCH = 16   # slices per validation forward pass at least (no gradients: larger batches are cheap)
 # the per-epoch history kept in the final checkpoint's config: the curves and the slices trained on
@@ -61,9 +61,10 @@ HISTORY_KEYS = CURVE_KEYS + ("train/slices",)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What one training run does. The values come from params.yaml (`unet.*`, `loss.*`, `seed`),
-    the only home of their defaults, so nothing that shapes a run is defaulted here; the loss is
-    plain MSE unless `loss_kind`/`ssim_weight` say otherwise."""
+    """What one training run does; every value is given (nothing that shapes a run is defaulted
+    here). `roi_weight` up-weights the ROI map in the loss of the ROI variants (the baseline's loss
+    weights nothing and records 0); the loss is `(1 - ssim_weight) * pixel loss (loss_kind) +
+    ssim_weight * (1 - SSIM)`."""
     variant: str
     model: dict[str, Any]
     epochs: int
@@ -72,14 +73,14 @@ class TrainConfig:
     roi_weight: float
     seed: int
     device: str
-    loss_kind: str = "mse"
-    ssim_weight: float = 0.0
-    deterministic: bool = False   # CUDA: deterministic kernels (CPU runs always are)
-    compile: bool = False         # torch.compile the model for training
+    loss_kind: str
+    ssim_weight: float
+    deterministic: bool   # CUDA: deterministic kernels (CPU runs always are)
+    compile: bool         # torch.compile the model for training
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
-            raise InputError(f"--variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
+            raise BadValue("variant", f"expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +103,22 @@ class TrainResult:
     @property
     def best(self) -> dict[str, float]:
         return self.history[self.best_epoch]
+
+
+def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
+    """One epoch's numbers (`metrics` as `on_epoch` gets them) on one line."""
+    return (f"  epoch {epoch + 1}/{epochs}: train loss {m['train/loss']:.4g}, val loss {m['val/loss']:.4g}, "
+            f"PSNR {m['val/psnr']:.2f} dB, SSIM {m['val/ssim']:.4f}, "
+            f"data wait {100 * m['data_wait_share']:.1f}%, {m['epoch_time_s']:.1f}s")
+
+
+def result_line(result: TrainResult, epochs: int, out: Path | str) -> str:
+    """A finished run on one line: the weights written, the best epoch and its validation numbers."""
+    b = result.best
+    resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
+    return (f"{out} (best epoch {result.best_epoch + 1}/{epochs}{resumed}): "
+            f"val PSNR {b['val/psnr']:.2f} dB, SSIM {b['val/ssim']:.4f}, NMSE {b['val/nmse']:.4g}; "
+            f"data wait {100 * max(h['data_wait_share'] for h in result.history):.1f}% of step time at most")
 
 
 # ---------------------------------------------------------------- distributed helpers
@@ -185,8 +202,8 @@ class _EpochLoss:
         any_bad = _all_sum_tensor((bad[0] > 0).double())
         if float(any_bad) > 0:
             where = f"step {int(bad[0])}" if bad[0] > 0 else "on another rank"
-            raise InputError(f"train-unet {variant}: non-finite loss ({float(bad[1])}) at epoch {epoch + 1}, "
-                             f"{where}; stopped, {kept} (try a lower unet.lr)")
+            raise InputError(f"training the {variant} variant: non-finite loss ({float(bad[1])}) at epoch {epoch + 1}, "
+                             f"{where}; stopped, {kept} (try a lower learning rate)")
 
     def mean_and_count(self) -> tuple[float, int]:
         """Mean loss per slice and slices trained on, over all ranks."""
@@ -198,7 +215,7 @@ def _weights(batch: Batch, h: Optional[torch.Tensor], cfg: TrainConfig) -> Optio
     if cfg.variant not in ROI_VARIANTS:
         return None
     if h is None:
-        raise InputError(f"train-unet {cfg.variant}: the data has no ROI maps (--heatmaps)")
+        raise ValueError(f"the {cfg.variant} variant needs ROI maps, and the batch has none")
     return roi_weights(h, cfg.roi_weight)
 
 
@@ -279,7 +296,7 @@ def train_unet(train: SliceStores, val: SliceStores, cfg: TrainConfig, out: Path
     `stop_after` epochs of this run, the run ends with the resume checkpoint kept and no weights written.
     """
     if cfg.variant in ROI_VARIANTS and train.paths["heatmaps"] is None:
-        raise InputError(f"train-unet {cfg.variant}: needs an ROI map store (--heatmaps)")
+        raise ValueError(f"the {cfg.variant} variant needs an ROI map store (open the stores with heatmaps)")
     if not val.raw:
         raise ValueError("open the val split with raw=True")
     device = select_device(cfg.device)
@@ -288,109 +305,184 @@ def train_unet(train: SliceStores, val: SliceStores, cfg: TrainConfig, out: Path
                       extra_config or {}, device, workers, log_every, stop_after)
 
 
+@dataclass
+class _Progress:
+    """How far a run is: the first epoch still to train, every epoch's metrics so far and the best
+    epoch (lowest validation loss) with its weights. A resume checkpoint holds it."""
+    start: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_state: Optional[dict[str, torch.Tensor]] = None
+    best_epoch: int = -1
+    best_loss: float = math.inf
+
+    def add(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> None:
+        self.history.append(metrics)
+        if metrics["val/loss"] < self.best_loss:
+            self.best_state, self.best_epoch, self.best_loss = plain_state_dict(model), epoch, metrics["val/loss"]
+
+    def result(self, start: int, end: int, finished: bool) -> TrainResult:
+        return TrainResult(best_epoch=self.best_epoch, epochs_run=end - start, resumed_from=start,
+                           history=self.history, finished=finished)
+
+
+@dataclass
+class _Optimiser:
+    """The model being trained, its optimiser and learning-rate schedule, and this rank's batches."""
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    sampler: Any
+    batches: Any
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, device: torch.device, n: int, world: int, this_rank: int) -> "_Optimiser":
+        """Model init (from the global generator, seeded), Adam and a cosine schedule over every step."""
+        model = build_unet(cfg.model).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        sampler, batches = train_batches(n, cfg.batch_size, world, this_rank, cfg.seed)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * len(batches),
+                                                           eta_min=cfg.lr * 0.02)
+        return cls(model, opt, sched, sampler, batches)
+
+    def resume(self, path: Optional[Path], key: str, device: torch.device) -> _Progress:
+        """The progress a resume checkpoint at `path` holds, its weights, optimiser, schedule and
+        random states restored; a fresh start when there is none."""
+        ckpt = path and _load_resume(path, key, device)
+        if not ckpt:
+            return _Progress()
+        check_state_dict(self.model, ckpt["model"], str(path))
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])
+        best = ckpt["best"]
+        return _Progress(start=int(ckpt["epoch"]), history=list(ckpt["history"]),
+                         best_state={k: v.cpu() for k, v in best["state_dict"].items()},
+                         best_epoch=int(best["epoch"]), best_loss=float(best["loss"]))
+
+    def save_resume(self, path: Path, epoch: int, done: _Progress, cfg: TrainConfig, key: str) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(_ckpt_state(self.model, self.opt, self.sched, epoch + 1, done.best_state, done.best_epoch,
+                                   done.best_loss, done.history, cfg, key), tmp)
+
+
+def _world() -> tuple[int, int]:
+    """(processes, this one's rank) of the process group; (1, 0) without one."""
+    return (dist.get_world_size(), dist.get_rank()) if _distributed() else (1, 0)
+
+
 def _train(train: SliceStores, val: SliceStores, cfg: TrainConfig, out: Path, checkpoint_dir, on_epoch, bar,
            extra_config: dict, device: torch.device, workers: int, log_every: int,
            stop_after: Optional[int]) -> TrainResult:
     main = is_main_process()
-    world = dist.get_world_size() if _distributed() else 1
-    r = dist.get_rank() if _distributed() else 0
+    world, r = _world()
     seed_everything(cfg.seed, cfg.deterministic)
     key = cfg.key(train.fingerprint())
-    model = build_unet(cfg.model).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sampler, batches = train_batches(len(train), cfg.batch_size, world, r, cfg.seed)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * len(batches), eta_min=cfg.lr * 0.02)
-
+    o = _Optimiser.build(cfg, device, len(train), world, r)
     ckpt_path = Path(checkpoint_dir) / key / "last.pt" if checkpoint_dir is not None else None
-    start, history = 0, []
-    best_state, best_epoch, best_loss = None, -1, math.inf
-    resumed = ckpt_path and _load_resume(ckpt_path, key, device)
-    if resumed:
-        check_state_dict(model, resumed["model"], str(ckpt_path))
-        model.load_state_dict(resumed["model"])
-        opt.load_state_dict(resumed["optimizer"])
-        sched.load_state_dict(resumed["scheduler"])
-        _set_rng_state(resumed["rng"])
-        start, history = int(resumed["epoch"]), list(resumed["history"])
-        best = resumed["best"]
-        best_state = {k: v.cpu() for k, v in best["state_dict"].items()}
-        best_epoch, best_loss = int(best["epoch"]), float(best["loss"])
-        del resumed
+    done = o.resume(ckpt_path, key, device)
     if main and on_epoch:
-        for e, m in enumerate(history):
+        for e, m in enumerate(done.history):
             on_epoch(e, m)
-
-    net: nn.Module = model
-    if _distributed():
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_fn = torch.compile(net) if cfg.compile else net
-    loss_fn = ReconLoss(cfg.loss_kind, cfg.ssim_weight)
-    loader = train_loader(train, batches, workers, device)
+    loop = _EpochLoop.build(o, cfg, device, train, workers, world, log_every)
     val_loader = volume_loader(val, rank_volumes(val.volumes(), world, r), workers, device)
     val_batch = max(VAL_BATCH, -(-cfg.batch_size // world))
+    start = done.start
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
-
     for epoch in range(start, end):
-        net.train()
-        sampler.set_epoch(epoch)
-        kept = (f"the last good checkpoint (epoch {len(history)}) is kept at {ckpt_path}"
+        kept = (f"the last good checkpoint (epoch {len(done.history)}) is kept at {ckpt_path}"
                 if ckpt_path and ckpt_path.exists() else "no checkpoint was written yet")
-        losses = _EpochLoss(device)
-        wait = 0.0
-        t_epoch = time.perf_counter()
-        desc = f"train-unet {cfg.variant} seed {cfg.seed} {epoch + 1}/{cfg.epochs}"
-        with (bar(len(batches), desc, "step") if main else _null_bar(0, "")) as update:
-            t0 = time.perf_counter()
-            for step, batch in enumerate(iterate(loader)):
-                wait += time.perf_counter() - t0
-                x, y, h = to_device(batch, device, ("image", "target", "heatmap"))
-                w = _weights(batch, h, cfg)
-                with autocast(device):
-                    pred = step_fn(x)
-                loss = loss_fn(pred.float(), y, w)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.add(loss, len(x), step)
-                if (step + 1) % log_every == 0:
-                    losses.check(epoch, cfg.variant, kept)
-                update(1)
-                t0 = time.perf_counter()
-            losses.check(epoch, cfg.variant, kept)
-        train_loss, seen = losses.mean_and_count()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_time = time.perf_counter() - t_epoch
-        v = validate(model, val_loader, cfg, device, loss_fn, val_batch)
+        train_loss, seen, wait, epoch_time = loop.run(epoch, bar if main else _null_bar, kept)
+        v = validate(o.model, val_loader, cfg, device, loop.loss_fn, val_batch)
         metrics = {"train/loss": train_loss, **{f"val/{k}": x for k, x in v.items()},
-                   "lr": sched.get_last_lr()[0], "epoch_time_s": epoch_time,
+                   "lr": o.sched.get_last_lr()[0], "epoch_time_s": epoch_time,
                    "data_wait_share": wait / max(epoch_time, 1e-9), "train/slices": seen}
-        history.append(metrics)
-        if v["loss"] < best_loss:
-            best_state, best_epoch, best_loss = plain_state_dict(model), epoch, v["loss"]
+        done.add(epoch, metrics, o.model)
         if main and ckpt_path is not None:
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(_ckpt_state(model, opt, sched, epoch + 1, best_state, best_epoch, best_loss,
-                                       history, cfg, key), tmp)
+            o.save_resume(ckpt_path, epoch, done, cfg, key)
         if main and on_epoch:
             on_epoch(epoch, metrics)
         _barrier()
-
     if end < cfg.epochs:
-        return TrainResult(best_epoch=best_epoch, epochs_run=end - start, resumed_from=start, history=history,
-                           finished=False)
+        return done.result(start, end, finished=False)
     if main:
-        config = {"model": cfg.model, "variant": cfg.variant, "train": cfg.as_dict(),
-                  "normalization": "fastmri_instance", "best_epoch": best_epoch,
-                  "val": {k.removeprefix("val/"): history[best_epoch][k] for k in history[best_epoch]
-                          if k.startswith("val/")},
-                  "history": [{k: v for k, v in h.items() if k in HISTORY_KEYS} for h in history],
-                  **extra_config}
-        save_unet(out, best_state, config)
+        _save_best(out, cfg, done, extra_config)
         if ckpt_path is not None:
             shutil.rmtree(ckpt_path.parent, ignore_errors=True)
     _barrier()
-    return TrainResult(best_epoch=best_epoch, epochs_run=cfg.epochs - start, resumed_from=start, history=history)
+    return done.result(start, cfg.epochs, finished=True)
+
+
+@dataclass
+class _EpochLoop:
+    """One epoch of training steps over this rank's batches: forward (under autocast), the variant's
+    loss, backward, optimiser and schedule step; the loss is checked every `log_every` steps."""
+    o: _Optimiser
+    net: nn.Module          # the model, wrapped in DDP under torchrun
+    step_fn: Callable       # `net`, compiled when cfg.compile
+    loss_fn: ReconLoss
+    loader: Any
+    cfg: TrainConfig
+    device: torch.device
+    log_every: int
+
+    @classmethod
+    def build(cls, o: _Optimiser, cfg: TrainConfig, device: torch.device, train: SliceStores, workers: int,
+              world: int, log_every: int) -> "_EpochLoop":
+        net: nn.Module = o.model
+        if _distributed():
+            net = nn.parallel.DistributedDataParallel(o.model, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
+        step_fn = torch.compile(net) if cfg.compile else net
+        loss_fn = ReconLoss(cfg.loss_kind, cfg.ssim_weight)
+        return cls(o, net, step_fn, loss_fn, train_loader(train, o.batches, workers, device), cfg, device, log_every)
+
+    def run(self, epoch: int, bar: Bar, kept: str) -> tuple[float, int, float, float]:
+        """Train one epoch: (mean loss, slices trained on over all ranks, seconds waiting for data,
+        seconds in all). `kept` says in an error which checkpoint is left."""
+        self.net.train()
+        self.o.sampler.set_epoch(epoch)
+        losses = _EpochLoss(self.device)
+        wait = 0.0
+        t_epoch = time.perf_counter()
+        desc = f"train-unet {self.cfg.variant} seed {self.cfg.seed} {epoch + 1}/{self.cfg.epochs}"
+        with bar(len(self.o.batches), desc, "step") as update:
+            t0 = time.perf_counter()
+            for step, batch in enumerate(iterate(self.loader)):
+                wait += time.perf_counter() - t0
+                self._step(batch, losses, step)
+                if (step + 1) % self.log_every == 0:
+                    losses.check(epoch, self.cfg.variant, kept)
+                update(1)
+                t0 = time.perf_counter()
+            losses.check(epoch, self.cfg.variant, kept)
+        train_loss, seen = losses.mean_and_count()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return train_loss, seen, wait, time.perf_counter() - t_epoch
+
+    def _step(self, batch: Batch, losses: _EpochLoss, step: int) -> None:
+        x, y, h = to_device(batch, self.device, ("image", "target", "heatmap"))
+        w = _weights(batch, h, self.cfg)
+        with autocast(self.device):
+            pred = self.step_fn(x)
+        loss = self.loss_fn(pred.float(), y, w)
+        self.o.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.o.opt.step()
+        self.o.sched.step()
+        losses.add(loss, len(x), step)
+
+
+def _save_best(out: Path, cfg: TrainConfig, done: _Progress, extra_config: dict) -> None:
+    """The best epoch's weights, with the config, the best epoch's validation metrics and the
+    per-epoch history (`HISTORY_KEYS`), and `extra_config`."""
+    best = done.history[done.best_epoch]
+    config = {"model": cfg.model, "variant": cfg.variant, "train": cfg.as_dict(),
+              "normalization": "fastmri_instance", "best_epoch": done.best_epoch,
+              "val": {k.removeprefix("val/"): best[k] for k in best if k.startswith("val/")},
+              "history": [{k: v for k, v in h.items() if k in HISTORY_KEYS} for h in done.history],
+              **extra_config}
+    save_unet(out, done.best_state, config)

@@ -1,0 +1,38 @@
+"""How well the Grad-CAM heatmaps find the lesions: scores on the annotated slices of one split
+(pointing game, energy in box, per label: `pipeline.roi_scores.score_slices`) and overlay PNGs of a
+few of those slices, picked evenly (`pipeline.figures_gradcam`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from pipeline.figures_gradcam import overlay_png, pick_evenly
+from pipeline.gradcam import annotated_slices, check_slices_split
+from pipeline.roi_scores import score_slices
+from pipeline.store import SPLITS, open_store, split_group
+
+
+def slices_shapes(slices_path: Path | str) -> dict[str, tuple[int, int]]:
+    """(slices, crop) of every split of the slices store, each split checked (`check_slices_split`)."""
+    store = open_store(slices_path, kind="slices")
+    return {s: check_slices_split(split_group(store, s, slices_path), slices_path, s) for s in SPLITS}
+
+
+def score_heatmaps(heatmaps_path: Path | str, slices_path: Path | str, split: str,
+                   boxes: dict[tuple[str, int], list], n_overlays: int, overlays_dir: Path | str) -> dict:
+    """Scores of the split's heatmaps on its slices with boxes (`boxes` as `split_boxes` gives them),
+    and `n_overlays` of those slices drawn into `overlays_dir` (created, empty when there are none)
+    as `<volume stem>_s<slice>.png`."""
+    heat = zarr.open_group(str(heatmaps_path), mode="r")[split]
+    rows = annotated_slices(heat, boxes)
+    maps = heat["heatmap"]
+    scores = score_slices((maps[r], b, labels) for r, _, _, b, labels in rows)
+    targets = open_store(slices_path, kind="slices")[split]["target"]
+    overlays_dir = Path(overlays_dir)
+    overlays_dir.mkdir(parents=True)
+    for r, name, k, b, labels in pick_evenly(rows, n_overlays):
+        overlay_png(overlays_dir / f"{Path(name).stem}_s{k:03d}.png", np.asarray(targets[r]), np.asarray(maps[r]),
+                    b, labels, f"MRNet Grad-CAM, {name} slice {k} ({split} split)")
+    return scores
