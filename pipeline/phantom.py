@@ -630,15 +630,6 @@ class KneeVolume:
     acquisition: str            # "CORPD_FBK" or "CORPDFS_FBK": the contrast drawn
 
 
-def knee_volume(rng: np.random.Generator, n_slices: int, shape: tuple[int, int], *,
-                lesion: bool, fov_shape: tuple[int, int] | None = None,
-                ) -> tuple[np.ndarray, list[Lesion]]:
-    """Noise-free complex64 images (n_slices, *shape) of one knee, and its lesions.
-    See `render_knee` (same arguments), which also returns the contrast drawn."""
-    vol = render_knee(rng, n_slices, shape, lesion=lesion, fov_shape=fov_shape)
-    return vol.images, vol.lesions
-
-
 def render_knee(rng: np.random.Generator, n_slices: int, shape: tuple[int, int], *,
                 lesion: bool, fov_shape: tuple[int, int] | None = None) -> KneeVolume:
     """Noise-free complex64 images (n_slices, *shape) of one knee, its lesions and contrast.

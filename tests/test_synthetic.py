@@ -23,7 +23,7 @@ from pipeline.errors import InputError
 from pipeline.io.annotations import (COLUMNS, from_fastmri_plus, read_annotations,
                                      to_fastmri_plus, write_annotations)
 from pipeline.phantom import (LABEL_CARTILAGE_FULL, LABEL_CARTILAGE_PARTIAL, LABEL_EDEMA,
-                              LABEL_MENISCUS, knee_volume, render_knee)
+                              LABEL_MENISCUS, render_knee)
 from pipeline.synthetic import (SyntheticSpec, _acquire_fov, _acquire_volume, encoding_for,
                                 synth_volume, synthesize, total_units, write_fastmri,
                                 write_mrnet_exams)
@@ -364,14 +364,15 @@ def test_lesion_share_and_labels():
 
 
 # --------------------------------------------------------------------------- phantom API
-def test_knee_volume_api_and_determinism():
+def test_render_knee_api_and_determinism():
     shape, fov = (64, 38), (32, 32)
-    a, la = knee_volume(np.random.default_rng(4), 3, shape, lesion=True, fov_shape=fov)
-    b, lb = knee_volume(np.random.default_rng(4), 3, shape, lesion=True, fov_shape=fov)
+    va = render_knee(np.random.default_rng(4), 3, shape, lesion=True, fov_shape=fov)
+    vb = render_knee(np.random.default_rng(4), 3, shape, lesion=True, fov_shape=fov)
+    a, la = va.images, va.lesions
     assert a.shape == (3, 64, 38) and a.dtype == np.complex64
-    np.testing.assert_array_equal(a, b)
-    assert la == lb
-    c, _ = knee_volume(np.random.default_rng(5), 3, shape, lesion=True, fov_shape=fov)
+    np.testing.assert_array_equal(a, vb.images)
+    assert la == vb.lesions and va.acquisition == vb.acquisition
+    c = render_knee(np.random.default_rng(5), 3, shape, lesion=True, fov_shape=fov).images
     assert not np.array_equal(a, c)
     mag = np.abs(a)
     assert np.isfinite(a).all() and mag.max() > 0.5

@@ -29,12 +29,6 @@ class Header:
     enc_limits_center: int
     enc_limits_max: int
 
-    @property
-    def padding(self) -> tuple[int, int]:
-        """Zero-filled phase-encode columns on each side, as fastMRI's SliceDataset computes."""
-        left = self.enc_size[1] // 2 - self.enc_limits_center
-        return left, left + self.enc_limits_max + 1
-
 
 @dataclass(frozen=True)
 class VolumeInfo:
