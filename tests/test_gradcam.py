@@ -13,7 +13,8 @@ from pipeline.errors import InputError
 from pipeline.gradcam import (GradCAMSpec, as_str, explainable, feature_geometry, slice_cams, upsample_aligned,
                               volume_heatmaps)
 from pipeline.models.mrnet import MRNet, load_mrnet, prepare_volume, save_mrnet
-from pipeline.roi_scores import crop_boxes, energy_in_boxes, pointing_hit, score_slices, slice_boxes
+from pipeline.boxes import crop_boxes, slice_boxes
+from pipeline.roi_scores import energy_in_boxes, pointing_hit, score_slices
 from pipeline.store import check_aligned, finish_store, open_store, split_group
 from tests.helpers import run_cli, write_params
 

@@ -19,6 +19,7 @@ from fastmri.data import transforms as T
 from fastmri.data.mri_data import AnnotatedSliceDataset, SliceDataset, et_query
 from fastmri.data.subsample import RandomMaskFunc
 
+from pipeline.boxes import slice_boxes
 from pipeline.errors import InputError
 from pipeline.io.annotations import (COLUMNS, from_fastmri_plus, read_annotations,
                                      to_fastmri_plus, write_annotations)
@@ -217,13 +218,13 @@ def test_fastmri_plus_flip_convention_round_trip(tmp_path):
     assert lines[0] == ",".join(COLUMNS)
     assert lines[1] == "file1000001,14,No,200,285,40,30,Meniscus Tear"
     assert lines[2] == "file1000002,,Yes,,,,,Artifact "
-    df = read_annotations(path, frame_height=H)
+    df = read_annotations(path)
     r = df.iloc[0]
-    assert (r.file, r.slice, r.row0, r.col0, r.height, r.width) == ("file1000001", 14, 5, 200,
-                                                                    30, 40)
+    assert (r.file, r.slice, r.x, r.y, r.width, r.height) == ("file1000001", 14, 200, 285, 40, 30)
+    assert from_fastmri_plus(r.x, r.y, r.width, r.height, frame_height=H) == native
     study = df.iloc[1]
     assert study.study_level == "Yes" and study.label == "Artifact"
-    assert pd.isna(study.slice) and pd.isna(study.row0) and pd.isna(study.col0)
+    assert pd.isna(study.slice) and pd.isna(study.x) and pd.isna(study.height)
 
 
 def test_read_annotations_real_knee_csv_rows(tmp_path):
@@ -232,9 +233,11 @@ def test_read_annotations_real_knee_csv_rows(tmp_path):
                     "file1000001,14,No,90,173,35,10,Cartilage - Partial Thickness loss/defect\n"
                     "file1000002,9,No,86,51,169,99,Joint Effusion \n")
     df = read_annotations(path)
-    assert list(df.row0) == [320 - 173 - 10, 320 - 51 - 99]
-    assert list(df.col0) == [90, 86]
-    assert df.label.iloc[1] == "Joint Effusion"
+    frames = {"file1000001.h5": (320, 320), "file1000002.h5": (320, 320)}
+    # native row0 = 320 - y - height; crop = the whole frame
+    assert slice_boxes(df, frames, crop=320) == {
+        ("file1000001.h5", 14): [((320 - 173 - 10, 90, 10, 35), "Cartilage - Partial Thickness loss/defect")],
+        ("file1000002.h5", 9): [((320 - 51 - 99, 86, 99, 169), "Joint Effusion")]}
     bad = tmp_path / "bad.csv"
     bad.write_text("file,slice,x\nfile1,1,2\n")
     with pytest.raises(InputError, match="lacks columns"):
@@ -249,15 +252,15 @@ def test_annotations_match_fastmri_annotated_dataset(single, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     write_annotations(tmp_path / ".annotation_cache" / "kneeNone.csv", rows)
     ds = AnnotatedSliceDataset(d / "train", "singlecoil", "knee", "all")
-    native = read_annotations(tmp_path / ".annotation_cache" / "kneeNone.csv",
-                              frame_height=spec.recon_size)
+    table = read_annotations(tmp_path / ".annotation_cache" / "kneeNone.csv")
     seen = 0
     for fname, sl, meta in ds.raw_samples:
         a = meta["annotation"]
         if a["label"] == "":
             continue
-        m = native[(native.file == fname.stem) & (native.slice == sl)]
-        assert ((m.row0 == a["y"]) & (m.col0 == a["x"]) & (m.height == a["height"])).any()
+        m = table[(table.file == fname.stem) & (table.slice == sl)]
+        native = [from_fastmri_plus(r.x, r.y, r.width, r.height, spec.recon_size) for r in m.itertuples()]
+        assert (a["y"], a["x"], a["height"], a["width"]) in native
         seen += 1
     assert seen == sum(1 for r in rows if (d / "train" / f"{r['file']}.h5").exists())
 
