@@ -38,7 +38,7 @@ from pipeline.io.fastmri import KSPACE_RANK, TARGET_KEY
 from pipeline.kspace import instance_stats, mask_function, volume_mask, zero_filled
 from pipeline.models.registry import load_unet
 from pipeline.store import atomic_path
-from pipeline.unet_data import denormalize, normalize
+from pipeline.unet_data import normalize
 
 OUTPUT_KEY = "reconstruction"  # fastMRI's save_reconstructions / evaluate.py
 CHALLENGE_OF_RANK = {rank: challenge for challenge, rank in KSPACE_RANK.items()}

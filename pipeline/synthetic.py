@@ -56,12 +56,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import hashlib
 import math
-import multiprocessing as mp
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -72,12 +68,13 @@ import scipy.fft as sfft
 
 from pipeline.errors import InputError
 from pipeline.io.annotations import to_fastmri_plus, write_annotations
+from pipeline.kspace import center_crop, fft2c, ifft2c
+from pipeline.parallel import OrderedPool, worker_count
 from pipeline.phantom import Lesion, render_knee
 from pipeline.portable_math import det_abs, det_cmul, det_exp, det_rmul, det_sincos
 
 __all__ = ["SyntheticSpec", "Encoding", "encoding_for", "write_fastmri", "write_annotations",
-           "write_mrnet_exams", "synthesize", "total_units", "ismrmrd_header", "fft2c", "ifft2c",
-           "center_crop", "coil_maps"]
+           "write_mrnet_exams", "synthesize", "total_units", "ismrmrd_header", "coil_maps"]
 
 Progress = Optional[Callable[[int], object]]
 FASTMRI_SPLITS = ("train", "val", "test")
@@ -136,7 +133,7 @@ def total_units(spec: SyntheticSpec) -> int:
     return sum(spec.volumes.values()) + sum(spec.exams.values())
 
 
-# --------------------------------------------------------------------------- geometry, FFT
+# --------------------------------------------------------------------------- geometry
 @dataclass(frozen=True)
 class Encoding:
     """k-space geometry for a recon size R, scaled from fastMRI knee (640 x 368 for 320)."""
@@ -174,44 +171,6 @@ def encoding_for(recon_size: int) -> Encoding:
     cols = max(_even(recon_size * 368.0 / 320.0), recon_size + (recon_size % 2))
     acquired = min(max(_even(cols * _ACQ_FRACTION), 2), cols)
     return Encoding(recon=int(recon_size), rows=2 * int(recon_size), cols=cols, acquired=acquired)
-
-
-@functools.lru_cache(maxsize=16)
-def _checker(n: int, m: int) -> np.ndarray:
-    c = np.where((np.arange(n)[:, None] + np.arange(m)[None, :]) % 2 == 0, 1.0, -1.0)
-    c = c.astype(np.float32)
-    c.flags.writeable = False
-    return c
-
-
-def _centered(x: np.ndarray, inverse: bool) -> np.ndarray:
-    """fftshift(f(ifftshift(x))) for even sizes, via checkerboard modulation instead of rolls:
-    with (-1)^(m+n) on the input and (-1)^(k+l+N/2+M/2) on the output."""
-    n, m = x.shape[-2:]
-    if n % 2 or m % 2:
-        f = sfft.ifft2 if inverse else sfft.fft2
-        return sfft.fftshift(f(sfft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-    c = _checker(n, m)
-    y = det_rmul(np.array(x, dtype=np.result_type(x.dtype, np.complex64)), c)
-    y = (sfft.ifft2 if inverse else sfft.fft2)(y, norm="ortho", overwrite_x=True)
-    return det_rmul(y, c if (n // 2 + m // 2) % 2 == 0 else -c)
-
-
-def fft2c(x: np.ndarray) -> np.ndarray:
-    """Centered orthonormal 2-D FFT over the last two axes (as fastmri.fft2c)."""
-    return _centered(x, inverse=False)
-
-
-def ifft2c(k: np.ndarray) -> np.ndarray:
-    """Centered orthonormal 2-D inverse FFT over the last two axes (as fastmri.ifft2c)."""
-    return _centered(k, inverse=True)
-
-
-def center_crop(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Center crop of the last two axes, offsets (size - crop) // 2 as fastMRI's."""
-    h, w = x.shape[-2:]
-    r0, c0 = (h - shape[0]) // 2, (w - shape[1]) // 2
-    return x[..., r0:r0 + shape[0], c0:c0 + shape[1]]
 
 
 def coil_maps(rng: np.random.Generator, n_coils: int, grid: tuple[int, int], recon: int
@@ -447,43 +406,27 @@ def synth_volume(spec: SyntheticSpec, seed: int, split: str, index: int, lesion:
     return kspace, target, vol.lesions, vol.acquisition, header, pid
 
 
-class _Runner:
-    """Runs per-volume jobs in this process or in a process pool; results come back in order,
-    so files are written (and numbered) identically either way."""
-
-    def __init__(self, workers: int | None, units: int):
-        if workers is None:
-            try:
-                cpus = len(os.sched_getaffinity(0))
-            except AttributeError:          # pragma: no cover - non-Linux
-                cpus = os.cpu_count() or 1
-            workers = min(cpus, 4) if units >= 24 else 1
-        if not isinstance(workers, int) or workers < 1:
-            raise InputError(f"workers: must be an integer >= 1, got {workers!r}")
-        self.workers = workers
-        self._ex = None
-
-    def __enter__(self):
-        if self.workers > 1:
-            # fork: no `if __name__ == "__main__"` guard needed in callers; children only run
-            # numpy (no BLAS, no h5py; the parent writes the files)
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            self._ex = ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method))
-        return self
-
-    def __exit__(self, *exc):
-        if self._ex is not None:
-            self._ex.shutdown(cancel_futures=True)
-        return False
-
-    def map(self, fn, jobs: list[tuple]):
-        if self._ex is None:
-            return (fn(*j) for j in jobs)
-        return self._ex.map(fn, *zip(*jobs)) if jobs else iter(())
+def _rendering_pool(workers: int | None, units: int) -> OrderedPool:
+    """The rendering processes: `workers`, or by default up to 4 for jobs of >= 24 volumes and
+    exams, else none (in-process). They only run numpy (no BLAS, no h5py: this process writes the
+    files), and results come back in order, so the files are the same either way."""
+    if workers is None:
+        workers = min(worker_count(0), 4) if units >= 24 else 1
+    if not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers: must be an integer >= 1, got {workers!r}")
+    return OrderedPool(workers)
 
 
-def _own(runner: _Runner | None, workers: int | None, units: int):
-    return _Runner(workers, units) if runner is None else contextlib.nullcontext(runner)
+def _own(pool: OrderedPool | None, workers: int | None, units: int):
+    return _rendering_pool(workers, units) if pool is None else contextlib.nullcontext(pool)
+
+
+def _volume_job(job: tuple):
+    return synth_volume(*job)
+
+
+def _exam_job(job: tuple):
+    return synth_exam(*job)
 
 
 def _fastmri_jobs(spec: SyntheticSpec, seed: int) -> list[tuple]:
@@ -508,10 +451,11 @@ def _exam_jobs(spec: SyntheticSpec, seed: int) -> list[tuple]:
 
 def write_fastmri(out_dir: Path | str, spec: SyntheticSpec, seed: int,
                   progress: Progress = None, *, workers: int | None = None,
-                  _runner: _Runner | None = None) -> list[dict]:
+                  pool: OrderedPool | None = None) -> list[dict]:
     """Write `out_dir/{train,val,test}/file*.h5` (splits named in `spec.volumes`) and return the
     annotation rows (fastMRI+ knee.csv columns, see `pipeline.io.annotations`) of their lesions.
-    `workers`: processes to render in (None: up to 4 for large jobs, else in-process)."""
+    `workers`: processes to render in (None: up to 4 for large jobs, else in-process); `pool`: a
+    `pipeline.parallel.OrderedPool` to render in instead (`synthesize` shares one)."""
     out_dir = Path(out_dir)
     enc = encoding_for(spec.recon_size)
     names = _file_numbers(spec, seed)
@@ -519,8 +463,8 @@ def write_fastmri(out_dir: Path | str, spec: SyntheticSpec, seed: int,
         (out_dir / split).mkdir(parents=True, exist_ok=True)
     jobs = _fastmri_jobs(spec, seed)
     rows: list[dict] = []
-    with _own(_runner, workers, len(jobs)) as run:
-        for (_, _, split, i, _), res in zip(jobs, run.map(synth_volume, jobs)):
+    with _own(pool, workers, len(jobs)) as pool:
+        for (_, _, split, i, _), res in zip(jobs, pool.map(_volume_job, jobs)):
             kspace, target, lesions, acq, header, pid = res
             name = f"file{names[split][i]:07d}"
             _write_h5(out_dir / split / f"{name}.h5", kspace, target, header, acq, pid,
@@ -546,12 +490,12 @@ def synth_exam(spec: SyntheticSpec, seed: int, split: str, index: int, lesion: b
 
 def write_mrnet_exams(out_dir: Path | str, spec: SyntheticSpec, seed: int,
                       progress: Progress = None, *, workers: int | None = None,
-                      _runner: _Runner | None = None) -> None:
+                      pool: OrderedPool | None = None) -> None:
     """MRNet-v1.0 layout: `out_dir/{train,valid}/coronal/NNNN.npy` (uint8 (slices, R, R), each
     exam min-max scaled to 0..255), header-less `{train,valid}-abnormal.csv` rows `NNNN,0|1`
     (1: the exam has a lesion), and `boxes.csv` (`case,split,slice,row0,col0,height,width,label`,
     native recon-frame boxes). Case ids run on across splits (train 0000.., then valid),
-    4-digit zero-padded as MRNet's. `workers` as in `write_fastmri`."""
+    4-digit zero-padded as MRNet's. `workers` and `pool` as in `write_fastmri`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = _exam_jobs(spec, seed)
@@ -559,8 +503,8 @@ def write_mrnet_exams(out_dir: Path | str, spec: SyntheticSpec, seed: int,
     for split in spec.exams:
         (out_dir / split / "coronal").mkdir(parents=True, exist_ok=True)
     boxes = []
-    with _own(_runner, workers, len(jobs)) as run:
-        for case, (job, res) in enumerate(zip(jobs, run.map(synth_exam, jobs))):
+    with _own(pool, workers, len(jobs)) as pool:
+        for case, (job, res) in enumerate(zip(jobs, pool.map(_exam_job, jobs))):
             split = job[2]
             vol, lesions = res
             cid = f"{case:04d}"
@@ -586,7 +530,7 @@ def synthesize(out_root: Path | str, spec: SyntheticSpec, seed: int,
     `workers`: processes to render in (None: up to 4 when the job is large, else in-process);
     the output does not depend on it."""
     out_root = Path(out_root)
-    with _Runner(workers, total_units(spec)) as run:
-        rows = write_fastmri(out_root / "fastmri", spec, seed, progress, _runner=run)
+    with _rendering_pool(workers, total_units(spec)) as pool:
+        rows = write_fastmri(out_root / "fastmri", spec, seed, progress, pool=pool)
         write_annotations(out_root / "annotations.csv", rows)
-        write_mrnet_exams(out_root / "mrnet", spec, seed, progress, _runner=run)
+        write_mrnet_exams(out_root / "mrnet", spec, seed, progress, pool=pool)

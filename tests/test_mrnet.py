@@ -11,8 +11,8 @@ import torch
 
 from pipeline.errors import InputError
 from pipeline.io.classifier import list_exams, load_pickled_array
-from pipeline.models.mrnet import (MRNet, count_parameters, load_mrnet, load_pretrained_features,
-                                   prepare_volume, save_mrnet, to_pixels)
+from pipeline.models.mrnet import MRNet, load_mrnet, load_pretrained_features, prepare_volume, save_mrnet, to_pixels
+from pipeline.models.torch_files import count_parameters
 from pipeline.training.mrnet import (MRNetTrainConfig, binary_metrics, roc_auc, train_mrnet, tune_split,
                                      youden_threshold)
 from tests.helpers import run_cli, write_params

@@ -107,10 +107,6 @@ def prepare_volume(volume: np.ndarray | torch.Tensor, image_size: int, mean: flo
     return normalise(resize_slices(to_pixels(volume), image_size), mean, std)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def load_pretrained_features(model: MRNet, path: Path | str) -> None:
     """Load AlexNet convolutional weights from a local state dict file.
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from pipeline.errors import InputError
 from pipeline.io.classifier import Exam
-from pipeline.models.mrnet import (MRNet, count_parameters, load_pretrained_features, normalise,
-                                   resize_slices, to_pixels)
+from pipeline.models.mrnet import MRNet, load_pretrained_features, normalise, resize_slices, to_pixels
+from pipeline.models.torch_files import count_parameters
 from pipeline.parallel import worker_count
 from pipeline.training.device import autocast, seed_everything, select_device
 from pipeline.training.logging import LogFn
