@@ -313,7 +313,7 @@ def main() -> None:
 
 
 def _kspace_shape(size: int) -> tuple[int, int]:
-    from pipeline.synthetic import encoding_for
+    from pipeline.acquisition import encoding_for
     return tuple(encoding_for(size).grid)
 
 

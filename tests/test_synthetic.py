@@ -19,16 +19,15 @@ from fastmri.data import transforms as T
 from fastmri.data.mri_data import AnnotatedSliceDataset, SliceDataset, et_query
 from fastmri.data.subsample import RandomMaskFunc
 
+from pipeline.acquisition import acquire_fov, acquire_volume, encoding_for
 from pipeline.boxes import slice_boxes
 from pipeline.errors import InputError
 from pipeline.io.annotations import (COLUMNS, from_fastmri_plus, read_annotations,
                                      to_fastmri_plus, write_annotations)
-from pipeline.phantom import (LABEL_CARTILAGE_FULL, LABEL_CARTILAGE_PARTIAL, LABEL_EDEMA,
-                              LABEL_MENISCUS, render_knee)
-from pipeline.synthetic import (SyntheticSpec, _acquire_fov, _acquire_volume, encoding_for,
-                                synth_volume, synthesize, total_units, write_fastmri,
+from pipeline.phantom import render_knee
+from pipeline.phantom_lesions import LABEL_CARTILAGE_FULL, LABEL_CARTILAGE_PARTIAL, LABEL_EDEMA, LABEL_MENISCUS
+from pipeline.synthetic import (SyntheticSpec, synth_volume, synthesize, total_units, write_fastmri,
                                 write_mrnet_exams)
-
 
 
 def FULL_MASK(shape, offset=None, seed=None):
@@ -391,11 +390,11 @@ def test_exam_and_volume_acquisitions_agree():
     """Exams use the cheap column-only acquisition; without noise it equals the full one."""
     enc = encoding_for(48)
     v = render_knee(np.random.default_rng(8), 3, enc.grid, lesion=False, fov_shape=(48, 48))
-    fov = _acquire_fov(v.images, enc, 0.0, np.random.default_rng(0))
-    _, full = _acquire_volume(v.images, enc, 1, 0.0, np.random.default_rng(0))
+    fov = acquire_fov(v.images, enc, 0.0, np.random.default_rng(0))
+    _, full = acquire_volume(v.images, enc, 1, 0.0, np.random.default_rng(0))
     np.testing.assert_allclose(fov, full, rtol=0, atol=1e-5 * float(full.max()))
-    noisy = _acquire_fov(v.images, enc, 0.05, np.random.default_rng(0))
-    _, noisy_full = _acquire_volume(v.images, enc, 1, 0.05, np.random.default_rng(1))
+    noisy = acquire_fov(v.images, enc, 0.05, np.random.default_rng(0))
+    _, noisy_full = acquire_volume(v.images, enc, 1, 0.05, np.random.default_rng(1))
     bg_a, bg_b = noisy[:, :, :2].std(), noisy_full[:, :, :2].std()
     assert bg_a == pytest.approx(bg_b, rel=0.3) and bg_a > 0
 
