@@ -583,6 +583,23 @@ def test_ordered_map_still_maps_in_order():
     assert list(ordered_map(abs, [-3, -1, -2, 5, -7], 2)) == [3, 1, 2, 5, 7]
 
 
+def _pid(_) -> int:
+    time.sleep(0.05)        # every worker gets some of the items
+    return os.getpid()
+
+
+def test_one_pool_serves_several_ordered_maps():
+    """synthesize renders the fastMRI volumes and then the exams on the same two workers."""
+    from pipeline.parallel import OrderedPool
+    with OrderedPool(2) as pool:
+        assert list(pool.map(abs, [-3, -1, -2, 5, -7])) == [3, 1, 2, 5, 7]
+        first, second = set(pool.map(_pid, range(6))), set(pool.map(_pid, range(6)))
+    # the same (at most two) workers, never this process; a pool per map would give new pids
+    assert len(first | second) <= 2 and first & second and os.getpid() not in first | second
+    with OrderedPool(1) as pool:                            # one worker: in this process
+        assert set(pool.map(_pid, range(3))) == {os.getpid()}
+
+
 def test_stale_temporaries_are_swept_and_fresh_ones_kept(tmp_path):
     from pipeline.tmp_sweep import process_start_time, sweep_stale_temporaries
     final = tmp_path / "slices.zarr"
