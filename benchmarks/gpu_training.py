@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.losses import ReconLoss  # noqa: E402
 from pipeline.models.registry import build_unet, model_config  # noqa: E402
+from pipeline.reports import write_json  # noqa: E402
 from pipeline.slice_stores import MaskSpec, build_slices_store, build_undersampled_store, scan  # noqa: E402
 from pipeline.synthetic import SyntheticSpec, write_fastmri  # noqa: E402
 from pipeline.training.device import autocast  # noqa: E402
@@ -118,8 +119,7 @@ def main() -> None:
         "ratio_vs_bare": round(t_bare / t_ours, 3),
         "data_wait_share": round(wait, 4),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

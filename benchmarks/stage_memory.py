@@ -48,6 +48,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.reports import write_json  # noqa: E402
 from pipeline.store import shard_slices  # noqa: E402
 from pipeline.synthetic import SyntheticSpec, write_annotations, write_fastmri  # noqa: E402
 
@@ -307,13 +308,12 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 
 def _kspace_shape(size: int) -> tuple[int, int]:
-    from pipeline.synthetic import encoding_for
+    from pipeline.acquisition import encoding_for
     return tuple(encoding_for(size).grid)
 
 

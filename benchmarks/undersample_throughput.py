@@ -42,6 +42,7 @@ import fastmri  # noqa: E402
 
 from pipeline.kspace import mask_function  # noqa: E402
 from pipeline.parallel import worker_count  # noqa: E402
+from pipeline.reports import write_json  # noqa: E402
 from pipeline.slice_stores import MaskSpec, build_undersampled_store, scan  # noqa: E402
 from pipeline.synthetic import SyntheticSpec, write_fastmri  # noqa: E402
 
@@ -123,8 +124,7 @@ def main() -> None:
         "targets": {"ratio_vs_fastmri": ">= 3", "ratio_vs_bare_fft": ">= 0.5"},
         "peak_memory": "reports/bench/stage_memory.json (benchmarks/stage_memory.py)",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.losses import ReconLoss, roi_weights  # noqa: E402
 from pipeline.models.registry import build_unet, model_config  # noqa: E402
+from pipeline.reports import write_json  # noqa: E402
 from pipeline.training.unet import TrainConfig, train_unet  # noqa: E402
 from pipeline.unet_data import SliceStores  # noqa: E402
 from stages.settings import load_params  # noqa: E402
@@ -119,8 +120,7 @@ def main() -> None:
         "data_wait_share": round(wait, 4),
         "inference_ms_per_slice_median": round(1e3 * float(np.median(lat)), 2),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

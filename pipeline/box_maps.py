@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 import zarr
 
-from pipeline.roi_scores import CheckedBoxes, box_mask, check_boxes, split_boxes
+from pipeline.boxes import CheckedBoxes, check_boxes, slice_masks, split_boxes, without_labels
 from pipeline.store import SPLITS, ShardedWriter, finish_store, open_store, read_rows, split_group
 
 Progress = Optional[Callable[[int], None]]
@@ -34,17 +34,16 @@ def write_box_maps(path: Path | str, slices_path: Path | str, annotations: Check
         g = split_group(slices, split, slices_path)
         names, idx = read_rows(g["volume"]), np.asarray(read_rows(g["slice"]), dtype=np.int32)
         n, c = len(names), int(g["target"].shape[-1])
-        boxes = split_boxes(checked, slices_path, split, c, frame, frame_param)
+        boxes = without_labels(split_boxes(checked, slices_path, split, c, frame, frame_param))
         writer = ShardedWriter(root.create_group(split), n, {"volume": ((), str), "slice": ((), "int32"),
                                                              "heatmap": ((c, c), "float32")})
         step = writer.shard
         for start in range(0, n, step):
-            rows = range(start, min(start + step, n))
-            maps = [box_mask((c, c), [b for b, _ in boxes.get((str(names[i]), int(idx[i])), ())]) for i in rows]
-            writer.append(volume=names[rows.start:rows.stop], slice=idx[rows.start:rows.stop],
-                          heatmap=np.stack(maps).astype(np.float32))
+            stop = min(start + step, n)
+            maps = slice_masks(names[start:stop], idx[start:stop], (c, c), boxes)
+            writer.append(volume=names[start:stop], slice=idx[start:stop], heatmap=maps.astype(np.float32))
             if progress:
-                progress(len(rows))
+                progress(stop - start)
         writer.close()
         counts[split] = sum(1 for key in boxes if key[0] in set(names.tolist()))
     finish_store(root)

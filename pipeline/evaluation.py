@@ -32,7 +32,7 @@ from pipeline.inference import prepare_model, reconstruct
 from pipeline.metrics import ALL, volume_metrics
 from pipeline.models.registry import load_unet
 from pipeline.reports import clean
-from pipeline.roi_scores import box_mask
+from pipeline.boxes import Box, slice_masks, split_boxes, without_labels
 from pipeline.stats import bootstrap_interval, compare_all, seed_means
 from pipeline.store import ShardedWriter, atomic_path, finish_store
 from pipeline.training.device import select_device
@@ -47,7 +47,6 @@ TRACKED_MEANS = ("nmse", "psnr", "ssim", "roi_psnr", "roi_ssim")
 TRACKED_COMPARED = ("roi_psnr", "psnr")
 TRACKED_STATS = ("delta", "ci95_low", "ci95_high", "p")
 DIGITS = 8                      # significant digits in the JSON reports
-Box = tuple[int, int, int, int]
 Progress = Optional[Callable[[int], None]]
 
 
@@ -97,16 +96,12 @@ class Evaluation:
     ms_per_slice: dict[str, float] = field(default_factory=dict)
 
 
-def roi_area(stores: SliceStores, boxes: dict[tuple[str, int], list[Box]]) -> np.ndarray:
-    """Pixels inside the ground-truth boxes (crop frame) of each slice of the split, (N,)."""
-    shape = (stores.crop, stores.crop)
-    return np.array([box_mask(shape, boxes[key]).sum() if (key := (str(v), int(k))) in boxes else 0
-                     for v, k in zip(stores.volume, stores.slice)], dtype=np.int64)
-
-
-def _roi_masks(names: np.ndarray, slices: np.ndarray, crop: int, boxes: dict) -> np.ndarray:
-    """bool (n,C,C): pixels inside the boxes of each of these slices."""
-    return np.stack([box_mask((crop, crop), boxes.get((str(v), int(k)), ())) for v, k in zip(names, slices)])
+def roi_area(stores: SliceStores, boxes: dict[tuple[str, int], list[Box]], step: int = 256) -> np.ndarray:
+    """Pixels inside the ground-truth boxes (crop frame) of each slice of the split, (N,); `step`
+    slices' masks at a time."""
+    shape, n = (stores.crop, stores.crop), len(stores.volume)
+    return np.concatenate([slice_masks(stores.volume[a:a + step], stores.slice[a:a + step], shape, boxes)
+                           .sum(axis=(1, 2), dtype=np.int64) for a in range(0, n, step)])
 
 
 def _load_checked(run: Run, expected_model: Optional[dict], expected_label: str) -> tuple[nn.Module, dict]:
@@ -172,7 +167,7 @@ def evaluate(stores: SliceStores, runs: Sequence[Run], boxes: dict[tuple[str, in
     for batch in iterate(volume_loader(stores, stores.volumes(), workers, device)):
         rows = batch["rows"].numpy()
         target, heat = batch["target_raw"].numpy(), batch["heatmap"][:, 0].numpy() if "heatmap" in batch else None
-        roi = _roi_masks(stores.volume[rows], stores.slice[rows], stores.crop, boxes)
+        roi = slice_masks(stores.volume[rows], stores.slice[rows], (stores.crop, stores.crop), boxes)
         _keep_panels(ev, stores, rows, target, heat, keep)
         for run in [Run(ZERO_FILLED)] + list(runs):
             if run.seed is None:
@@ -339,7 +334,4 @@ def annotation_boxes(annotations: Path | str | None, slices_path: Path | str, sp
     knee; else each volume's target shape) and moved into the centre crop as fastMRI crops;
     `param` names `frame` in messages (`split_boxes`).
     """
-    from pipeline.roi_scores import split_boxes
-
-    found = split_boxes(annotations, slices_path, split, crop, frame, param)
-    return {key: [b for b, _ in pairs] for key, pairs in found.items()}
+    return without_labels(split_boxes(annotations, slices_path, split, crop, frame, param))

@@ -19,11 +19,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from pipeline.boxes import Box, box_mask
 from pipeline.metrics import psnr_db
-from pipeline.roi_scores import box_mask
 from pipeline.store import atomic_path
 
-Box = tuple[int, int, int, int]  # (row0, col0, height, width)
 DPI = 100
 BOX_COLOR = "#39ff14"
 BOX_LABEL = "ground-truth lesion box"

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.roi_scores import Box, pointing_hit
+from pipeline.boxes import Box
+from pipeline.roi_scores import pointing_hit
 
 HEAT_CMAP = "jet"
 HEAT_LABEL = "Grad-CAM (1 = the volume's maximum)"

@@ -34,8 +34,7 @@ from scipy.ndimage import gaussian_filter
 
 from pipeline.errors import BadValue, InputError
 from pipeline.models.mrnet import MRNet, prepare_volume
-from pipeline.store import (SPLITS, ShardedWriter, as_str, atomic_path, check_aligned, finish_store, open_store,
-                            read_rows, split_group)
+from pipeline.store import SPLITS, ShardedWriter, as_str, finish_store, open_store, read_rows, split_group
 
 Progress = Optional[Callable[[int], None]]
 
@@ -164,14 +163,6 @@ def check_slices_split(group: zarr.Group, path: Path | str, split: str) -> tuple
     return n, t.shape[1]
 
 
-def build_heatmaps_store(out: Path | str, slices_path: Path | str, model: MRNet, config: dict,
-                         spec: GradCAMSpec, progress: Progress = None, attrs: Optional[dict] = None
-                         ) -> dict[str, int]:
-    """Write the heatmaps store atomically (see `write_heatmaps`). Returns slices per split."""
-    with atomic_path(out) as tmp:
-        return write_heatmaps(tmp, slices_path, model, config, spec, progress, attrs)
-
-
 def write_heatmaps(path: Path | str, slices_path: Path | str, model: MRNet, config: dict,
                    spec: GradCAMSpec, progress: Progress = None, attrs: Optional[dict] = None
                    ) -> dict[str, int]:
@@ -217,15 +208,3 @@ def annotated_slices(group: zarr.Group, boxes: dict[tuple[str, int], list]) -> l
         if found:
             out.append((row, str(name), int(k), [b for b, _ in found], [lab for _, lab in found]))
     return out
-
-
-def open_heatmaps(path: Path | str, slices_path: Path | str, split: str) -> zarr.Group:
-    """One split of the heatmaps store, checked against the slices store (same volumes, slices and
-    order, crop size). Use this to read heatmaps."""
-    heat = open_store(path, kind="heatmaps")
-    slices = open_store(slices_path, kind="slices")
-    h, s = split_group(heat, split, path), split_group(slices, split, slices_path)
-    check_aligned(s, h, f"{path} ({split})")
-    if "heatmap" not in h or tuple(h["heatmap"].shape[1:]) != tuple(s["target"].shape[1:]):
-        raise InputError(f"{path} ({split}): heatmap shape does not match the slices store's target")
-    return h

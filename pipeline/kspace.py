@@ -20,6 +20,10 @@ FFTs (pocketfft, compiled for the baseline, no runtime dispatch).
 `ZeroFilled` keeps its work buffers between blocks of slices, so a volume is processed a few
 slices at a time without new allocations; every slice's result is independent of the block it
 was computed in.
+
+`fft2c`, `ifft2c` and `center_crop` are fastMRI's centred orthonormal 2-D transforms and centre
+crop on numpy arrays (the synthetic acquisition uses them); the centring shifts are a checkerboard
+sign pattern on even axes, again exact and the same bytes on every CPU.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from pipeline.errors import BadValue
+from pipeline.portable_math import det_rmul
 
 if TYPE_CHECKING:  # fastmri imports torch: only the stages that draw masks pay for it
     from fastmri.data import subsample
@@ -76,23 +81,57 @@ def check_crop(crop: int, image_shape: tuple[int, int], where: str) -> None:
         raise BadValue("crop", f"{crop} is larger than the image ({image_shape[0]}x{image_shape[1]}) of {where}")
 
 
+# --------------------------------------------------------------------------- centred FFT and crop
 @lru_cache(maxsize=8)
-def _row_slice(n: int, c: int) -> slice:
+def center_slice(n: int, c: int) -> slice:
+    """The central `c` of `n` samples, as fastMRI's `center_crop`: offset `(n - c) // 2`."""
     s = (n - c) // 2
     return slice(s, s + c)
 
 
-def ifftc_1d(x: np.ndarray, axis: int) -> np.ndarray:
-    """fastMRI's centred orthonormal inverse FFT along one axis."""
-    x = sfft.ifftshift(x, axes=axis)
-    x = sfft.ifft(x, axis=axis, norm="ortho", overwrite_x=True)
-    return sfft.fftshift(x, axes=axis)
+def center_crop(x: np.ndarray, shape: int | tuple[int, int]) -> np.ndarray:
+    """fastMRI `center_crop` of the last two axes to `shape` (rows, cols), or a square of side `shape`."""
+    rows, cols = (shape, shape) if isinstance(shape, int) else shape
+    h, w = x.shape[-2:]
+    return x[..., center_slice(h, rows), center_slice(w, cols)]
 
 
+@lru_cache(maxsize=16)
+def _checker(n: int, m: int) -> np.ndarray:
+    c = np.where((np.arange(n)[:, None] + np.arange(m)[None, :]) % 2 == 0, 1.0, -1.0)
+    c = c.astype(np.float32)
+    c.flags.writeable = False
+    return c
+
+
+def _centered(x: np.ndarray, inverse: bool) -> np.ndarray:
+    """fftshift(f(ifftshift(x))) for even sizes, via checkerboard modulation instead of rolls:
+    with (-1)^(m+n) on the input and (-1)^(k+l+N/2+M/2) on the output."""
+    n, m = x.shape[-2:]
+    if n % 2 or m % 2:
+        f = sfft.ifft2 if inverse else sfft.fft2
+        return sfft.fftshift(f(sfft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    c = _checker(n, m)
+    y = det_rmul(np.array(x, dtype=np.result_type(x.dtype, np.complex64)), c)
+    y = (sfft.ifft2 if inverse else sfft.fft2)(y, norm="ortho", overwrite_x=True)
+    return det_rmul(y, c if (n // 2 + m // 2) % 2 == 0 else -c)
+
+
+def fft2c(x: np.ndarray) -> np.ndarray:
+    """Centered orthonormal 2-D FFT over the last two axes (as fastmri.fft2c)."""
+    return _centered(x, inverse=False)
+
+
+def ifft2c(k: np.ndarray) -> np.ndarray:
+    """Centered orthonormal 2-D inverse FFT over the last two axes (as fastmri.ifft2c)."""
+    return _centered(k, inverse=True)
+
+
+# --------------------------------------------------------------------------- zero-filled images
 def _crop_runs(n: int, crop: int) -> list[tuple[slice, slice]]:
     """Where the centre crop of a centred inverse FFT lies in the plain one's output, as
     (crop, source) pairs of slices: fftshift(y)[i] = y[(i - n//2) mod n] (at most two runs)."""
-    start = _row_slice(n, crop).start
+    start = center_slice(n, crop).start
     src = (np.arange(start, start + crop) - n // 2) % n
     runs, i = [], 0
     while i < crop:
@@ -216,12 +255,6 @@ def zero_filled(kspace: np.ndarray, mask: np.ndarray, crop: int) -> np.ndarray:
     kspace: complex (slices, [coils,] rows, cols); mask: bool (cols,). Returns float32 (slices, crop, crop).
     """
     return ZeroFilled(kspace.shape[-2:], mask, crop)(kspace)
-
-
-def center_crop(image: np.ndarray, crop: int) -> np.ndarray:
-    """fastMRI `center_crop` on the last two axes."""
-    h, w = image.shape[-2:]
-    return image[..., _row_slice(h, crop), _row_slice(w, crop)]
 
 
 def instance_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

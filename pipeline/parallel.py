@@ -1,4 +1,5 @@
-"""Ordered parallel map over volumes with a bounded number of results in flight.
+"""Ordered parallel map over volumes with a bounded number of results in flight: the one process
+pool of the pipeline (`ordered_map` for one map, `OrderedPool` for several maps on one pool).
 
 Pool workers die with the process that started them: a `kill -9` of a stage must not leave
 workers (hundreds of MB each) running on. On Linux each worker asks the kernel for SIGKILL when
@@ -81,12 +82,23 @@ def forks() -> bool:
     return "fork" in mp.get_all_start_methods()
 
 
-def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int | None = None
-                ) -> Iterator[R]:
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` processes, forked where the platform can (no `if __name__ == "__main__"` guard
+    needed in callers, and the workers inherit this process's memory maps), each ending with this
+    process (see the module doc)."""
+    ctx = mp.get_context("fork") if forks() else None
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(os.getpid(),))
+
+
+def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int | None = None,
+                pool: ProcessPoolExecutor | None = None) -> Iterator[R]:
     """Yield func(item) in input order. `items` is consumed lazily and at most `in_flight`
     (default 2*workers) items are submitted ahead of the result the caller holds, so memory stays
     flat however many items there are: item k + in_flight is submitted once result k is taken, after
-    the caller is done with result k - 1. One item (or workers <= 1) runs in this process."""
+    the caller is done with result k - 1. One item (or workers <= 1) runs in this process. `pool`:
+    a `process_pool` to run in, left open for the caller's next map; without one the map starts
+    its own and ends it."""
     it = iter(items)
     head = list(itertools.islice(it, 2))
     if workers <= 1 or len(head) <= 1:
@@ -94,9 +106,8 @@ def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int, in_fli
             yield func(item)
         return
     ahead = max(1, in_flight or 2 * workers)
-    ctx = mp.get_context("fork") if forks() else None
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(os.getpid(),))
+    own = pool is None
+    pool = process_pool(workers) if pool is None else pool
     try:
         it = itertools.chain(head, it)
         pending: deque = deque(pool.submit(func, item) for item in itertools.islice(it, ahead))
@@ -106,6 +117,32 @@ def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int, in_fli
                 pending.append(pool.submit(func, item))
             yield result
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if own:
+            pool.shutdown(wait=True, cancel_futures=True)
         raise
-    pool.shutdown(wait=False)   # every result is in: the workers exit on their own, not waited for
+    if own:
+        pool.shutdown(wait=False)   # every result is in: the workers exit on their own, not waited for
+
+
+class OrderedPool:
+    """One pool of `workers` processes for several `ordered_map`s in a row (a context manager; with
+    workers <= 1 everything runs in this process)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "OrderedPool":
+        if self.workers > 1:
+            self._pool = process_pool(self.workers)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+        return False
+
+    def map(self, func: Callable[[T], R], items: Iterable[T], in_flight: int | None = None) -> Iterator[R]:
+        """`ordered_map(func, items)` on this pool."""
+        return ordered_map(func, items, self.workers, in_flight, pool=self._pool)

@@ -34,11 +34,11 @@ from torch import nn
 
 from pipeline import inference
 from pipeline.errors import BadValue, InputError, first_line
-from pipeline.io.fastmri import KSPACE_RANK, TARGET_KEY
+from pipeline.io.fastmri import KSPACE_RANK, TARGET_KEY, kspace_dataset
 from pipeline.kspace import check_mask, instance_stats, mask_function, volume_mask, zero_filled
 from pipeline.models.registry import load_unet
 from pipeline.store import atomic_path
-from pipeline.unet_data import denormalize, normalize
+from pipeline.unet_data import normalize
 
 OUTPUT_KEY = "reconstruction"  # fastMRI's save_reconstructions / evaluate.py
 CHALLENGE_OF_RANK = {rank: challenge for challenge, rank in KSPACE_RANK.items()}
@@ -121,23 +121,14 @@ def _open(path: Path) -> h5py.File:
 
 
 def _kspace(h5: h5py.File, path: Path, acq: Acquisition) -> h5py.Dataset:
-    """The `kspace` dataset, checked as pipeline.io.fastmri.FastMRIFile checks it (whose messages
-    these are), without requiring a target: test and challenge files have none."""
-    if "kspace" not in h5:
-        raise InputError(f"{path}: no 'kspace' dataset")
-    k = h5["kspace"]
-    if not isinstance(k, h5py.Dataset):
-        raise InputError(f"{path}: 'kspace' is not a dataset")
-    rank = KSPACE_RANK[acq.challenge]
-    if k.ndim != rank:
-        other = CHALLENGE_OF_RANK.get(k.ndim)
+    """The `kspace` dataset, checked as pipeline.io.fastmri.FastMRIFile checks it, without requiring
+    a target (test and challenge files have none), and against the checkpoint's crop."""
+    def wrong_rank(got: int, want: int) -> str:
+        other = CHALLENGE_OF_RANK.get(got)
         what = f" ({other} data)" if other else ""
-        raise InputError(f"{path}: kspace has rank {k.ndim}{what}, expected {rank}: the checkpoint was trained "
-                         f"on {acq.challenge} data")
-    if not np.issubdtype(k.dtype, np.complexfloating):
-        raise InputError(f"{path}: kspace dtype is {k.dtype}, expected complex")
-    if k.shape[0] == 0:
-        raise InputError(f"{path}: kspace has no slices")
+        return f"kspace has rank {got}{what}, expected {want}: the checkpoint was trained on {acq.challenge} data"
+
+    k = kspace_dataset(h5, path, acq.challenge, wrong_rank)
     rows, cols = k.shape[-2:]
     if acq.crop > min(rows, cols):
         raise InputError(f"{path}: image {rows}x{cols} is smaller than the checkpoint's crop "

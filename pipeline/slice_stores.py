@@ -79,11 +79,11 @@ def _fresh_work() -> Iterator[None]:
 
 def _target_block(params: tuple[int], info: VolumeInfo, start: int, stop: int,
                   out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Slices [start, stop) of one volume: the target crops into out["target"]; returns max_value."""
+    """Slices [start, stop) of one volume: the target crops into out["target"] (no per-slice rows)."""
     (crop,) = params
     with FastMRIFile(info.path, info.challenge, info) as f:
         f.target_block(start, stop, crop, out=out["target"])
-    return {"max_value": np.full(stop - start, info.max_value, np.float32)}
+    return {}
 
 
 READ_BYTES = 8 << 20   # k-space read from HDF5 and transformed this much at a time (cache-sized)
@@ -283,7 +283,7 @@ def _write_store(out: Path, scans: dict[str, list[VolumeInfo]], attrs: dict,
 
 def build_slices_store(out: Path | str, scans: dict[str, list[VolumeInfo]], *, raw_dir: str,
                        challenge: str, crop: int, workers: int = 1, progress: Progress = None) -> dict[str, int]:
-    """slices store: volume, slice, target (N,C,C) float32, max_value (N,). Returns slices per split.
+    """slices store: volume, slice, target (N,C,C) float32. Returns slices per split.
     Attr `recon_frames` keeps each volume's target shape (the frame of fastMRI+ boxes), so later
     stages need not reopen the raw files."""
     frames = {split: {i.name: list(i.target_shape) for i in infos} for split, infos in scans.items()}
@@ -291,7 +291,7 @@ def build_slices_store(out: Path | str, scans: dict[str, list[VolumeInfo]], *, r
              "recon_frames": frames}
     return _write_store(
         Path(out), scans, attrs,
-        layout=lambda _: {"target": ((crop, crop), "float32"), "max_value": ((), "float32")},
+        layout=lambda _: {"target": ((crop, crop), "float32")},
         block=_target_block, params=lambda infos: (crop,), workers=workers, progress=progress)
 
 

@@ -5,29 +5,13 @@
 - `out_root/annotations.csv`: fastMRI+ `knee.csv`-style lesion boxes for those files,
 - `out_root/mrnet/`: MRNet-v1.0-style classifier exams (see `write_mrnet_exams`).
 
-fastMRI file format (as the public knee files; `fastmri.data.SliceDataset` reads them):
-- `kspace` complex64, single-coil (slices, 2R, C), multi-coil (slices, coils, 2R, C), with R the
-  recon size, the readout (rows) oversampled 2x and C = the even number nearest R*368/320 phase-
-  encode columns (640 x 368 for R = 320, 256 x 148 for R = 128). Centered orthonormal 2-D FFT of
-  the image (`fastmri.fft2c`: ifftshift -> fft2(norm="ortho") -> fftshift).
-- Only the central A = even(0.9 C) columns are acquired (332 of 368, 134 of 148); the others are
-  zero, and the header's `encodingLimits/kspace_encoding_step_1` says so: minimum 0, maximum A-1,
-  center A//2, so fastMRI's `padding_left = C//2 - center` and `padding_right = padding_left +
-  maximum + 1` bound the acquired columns.
-- Noise: complex Gaussian added to every k-space sample before the unacquired columns are zeroed
-  (so: on the acquired samples), E|n|^2 = sigma^2 (sigma/sqrt(2) per real and imaginary part),
-  sigma = `spec.noise` * RMS of the fully sampled noise-free k-space of the volume (all slices,
-  coils, rows, columns). With the orthonormal FFT (Parseval) that RMS equals the RMS of the
-  image grid, and sigma is also the image-domain noise standard deviation per pixel (per coil).
-- `reconstruction_esc` (single-coil) float32 (slices, R, R) = abs(center_crop(ifft2c(kspace)))
-  of the stored k-space, so a fully sampled zero-filled reconstruction reproduces it exactly;
-  single-coil files also carry `reconstruction_rss` (identical for one coil) as the real ones do.
-  Multi-coil: `reconstruction_rss` = rss over coils of abs(center_crop(ifft2c(kspace))); the coil
-  sensitivities are smooth Gaussian profiles around the knee, normalised to unit root-sum-of-
-  squares at every pixel.
-- `ismrmrd_header`: ISMRMRD XML (namespace http://www.ismrm.org/ISMRMRD) with encodedSpace
-  (matrix 2R x C x 1, FOV 280 x 140*C/R x 4.5 mm for a 140 mm recon FOV) and reconSpace (R x R x 1,
-  140 x 140 x 3 mm), encodingLimits, trajectory, parallelImaging, sequenceParameters.
+A volume is a knee from `pipeline.phantom` (anatomy and lesions) at a random image scale, acquired
+by `pipeline.acquisition` (k-space geometry, coils, noise, the ISMRMRD header; the fastMRI format
+of `kspace` and `ismrmrd_header` is described there). The fastMRI files hold:
+- `kspace` (`noise` = `spec.noise`) and `ismrmrd_header`,
+- `reconstruction_esc` (single-coil) float32 (slices, R, R), the acquisition's target; single-coil
+  files also carry `reconstruction_rss` (identical for one coil) as the real ones do; multi-coil
+  files only `reconstruction_rss`,
 - attrs `acquisition` ("CORPD_FBK" | "CORPDFS_FBK"), `max` (max of the target volume), `norm`
   (Frobenius norm of the target volume), `patient_id` (sha256 hex).
 - Scale: target maxima between ~1.5e-4 and ~8e-4, like the real files.
@@ -39,7 +23,7 @@ Determinism: every volume and exam has its own generator `np.random.default_rng(
 split_index, i])` (stream 0: fastMRI volumes, 1: MRNet exams, 2: file names, 3: lesion flags), so
 the same seed gives byte-identical files, on every x86-64 CPU whatever SIMD level numpy, OpenBLAS
 and libm dispatch to (transcendental functions, complex products and magnitudes and sums of squares
-are computed without CPU-dependent kernels: see `pipeline.phantom`'s portable math), and exams
+are computed without CPU-dependent kernels: see `pipeline.portable_math`), and exams
 and reconstruction volumes are different subjects. floor(n * lesion_rate + 0.5) of the n volumes
 (exams) of each split have lesions, at seeded positions (`eval_lesion_rate` for the val and test
 splits, when set: lesion-rich evaluation splits give the ROI metrics enough volumes with boxes).
@@ -56,35 +40,30 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import hashlib
 import math
-import multiprocessing as mp
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import h5py
 import numpy as np
-import scipy.fft as sfft
 
+from pipeline.acquisition import acquire_fov, acquire_volume, encoding_for, ismrmrd_header
 from pipeline.errors import InputError
 from pipeline.io.annotations import to_fastmri_plus, write_annotations
-from pipeline.phantom import Lesion, render_knee
-from pipeline.portable_math import det_abs, det_cmul, det_exp, det_rmul, det_sincos
+from pipeline.parallel import OrderedPool, worker_count
+from pipeline.phantom import render_knee
+from pipeline.phantom_lesions import Lesion
+from pipeline.portable_math import det_exp, det_rmul
 
-__all__ = ["SyntheticSpec", "Encoding", "encoding_for", "write_fastmri", "write_annotations",
-           "write_mrnet_exams", "synthesize", "total_units", "ismrmrd_header", "fft2c", "ifft2c",
-           "center_crop", "coil_maps"]
+__all__ = ["SyntheticSpec", "write_fastmri", "write_annotations", "write_mrnet_exams", "synthesize",
+           "total_units", "synth_volume", "synth_exam"]
 
 Progress = Optional[Callable[[int], object]]
 FASTMRI_SPLITS = ("train", "val", "test")
 MRNET_SPLITS = ("train", "valid")
-RECON_FOV_MM = 140.0
 _LN_SCALE_LO, _LN_SCALE_HI = -8.804875, -7.418581   # ln(1.5e-4), ln(6e-4): image scale range
-_ACQ_FRACTION = 332.0 / 368.0
 
 
 @dataclass(frozen=True)
@@ -136,257 +115,7 @@ def total_units(spec: SyntheticSpec) -> int:
     return sum(spec.volumes.values()) + sum(spec.exams.values())
 
 
-# --------------------------------------------------------------------------- geometry, FFT
-@dataclass(frozen=True)
-class Encoding:
-    """k-space geometry for a recon size R, scaled from fastMRI knee (640 x 368 for 320)."""
-    recon: int
-    rows: int
-    cols: int
-    acquired: int
-
-    @property
-    def center(self) -> int:           # encodingLimits/kspace_encoding_step_1/center
-        return self.acquired // 2
-
-    @property
-    def maximum(self) -> int:          # encodingLimits/kspace_encoding_step_1/maximum
-        return self.acquired - 1
-
-    @property
-    def padding_left(self) -> int:     # as fastMRI's SliceDataset computes it
-        return self.cols // 2 - self.center
-
-    @property
-    def padding_right(self) -> int:
-        return self.padding_left + self.maximum + 1
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self.rows, self.cols
-
-
-def _even(x: float) -> int:
-    return 2 * int(round(x / 2.0))
-
-
-def encoding_for(recon_size: int) -> Encoding:
-    cols = max(_even(recon_size * 368.0 / 320.0), recon_size + (recon_size % 2))
-    acquired = min(max(_even(cols * _ACQ_FRACTION), 2), cols)
-    return Encoding(recon=int(recon_size), rows=2 * int(recon_size), cols=cols, acquired=acquired)
-
-
-@functools.lru_cache(maxsize=16)
-def _checker(n: int, m: int) -> np.ndarray:
-    c = np.where((np.arange(n)[:, None] + np.arange(m)[None, :]) % 2 == 0, 1.0, -1.0)
-    c = c.astype(np.float32)
-    c.flags.writeable = False
-    return c
-
-
-def _centered(x: np.ndarray, inverse: bool) -> np.ndarray:
-    """fftshift(f(ifftshift(x))) for even sizes, via checkerboard modulation instead of rolls:
-    with (-1)^(m+n) on the input and (-1)^(k+l+N/2+M/2) on the output."""
-    n, m = x.shape[-2:]
-    if n % 2 or m % 2:
-        f = sfft.ifft2 if inverse else sfft.fft2
-        return sfft.fftshift(f(sfft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-    c = _checker(n, m)
-    y = det_rmul(np.array(x, dtype=np.result_type(x.dtype, np.complex64)), c)
-    y = (sfft.ifft2 if inverse else sfft.fft2)(y, norm="ortho", overwrite_x=True)
-    return det_rmul(y, c if (n // 2 + m // 2) % 2 == 0 else -c)
-
-
-def fft2c(x: np.ndarray) -> np.ndarray:
-    """Centered orthonormal 2-D FFT over the last two axes (as fastmri.fft2c)."""
-    return _centered(x, inverse=False)
-
-
-def ifft2c(k: np.ndarray) -> np.ndarray:
-    """Centered orthonormal 2-D inverse FFT over the last two axes (as fastmri.ifft2c)."""
-    return _centered(k, inverse=True)
-
-
-def center_crop(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Center crop of the last two axes, offsets (size - crop) // 2 as fastMRI's."""
-    h, w = x.shape[-2:]
-    r0, c0 = (h - shape[0]) // 2, (w - shape[1]) // 2
-    return x[..., r0:r0 + shape[0], c0:c0 + shape[1]]
-
-
-def coil_maps(rng: np.random.Generator, n_coils: int, grid: tuple[int, int], recon: int
-              ) -> np.ndarray:
-    """Smooth complex coil sensitivities (n_coils, rows, cols), unit RSS at every pixel: Gaussian
-    profiles centred on a ring around the knee, each with a smooth phase."""
-    H, W = grid
-    y = ((np.arange(H) + 0.5) - H / 2.0)[:, None] / (recon / 2.0)
-    x = ((np.arange(W) + 0.5) - W / 2.0)[None, :] / (recon / 2.0)
-    maps = np.empty((n_coils, H, W), np.complex64)
-    rot = rng.uniform(0, 2 * np.pi)
-    for c in range(n_coils):
-        a = rot + 2 * np.pi * c / n_coils + rng.uniform(-0.2, 0.2)
-        ring = rng.uniform(1.0, 1.3)
-        sa, ca = det_sincos(a)
-        cx, cy = ring * ca, 0.6 * ring * sa
-        width = rng.uniform(0.7, 1.0)
-        mag = det_exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * width * width))
-        ph = rng.uniform(-np.pi, np.pi) + rng.uniform(-1, 1) * x + rng.uniform(-1, 1) * y
-        sn, cs = det_sincos(ph)
-        maps[c].real = mag * cs
-        maps[c].imag = mag * sn
-    rss = np.sqrt((maps.real * maps.real + maps.imag * maps.imag).sum(axis=0))
-    maps.real /= np.maximum(rss, 1e-6)[None].astype(np.float32)
-    maps.imag /= np.maximum(rss, 1e-6)[None].astype(np.float32)
-    return maps
-
-
-# --------------------------------------------------------------------------- ISMRMRD header
-def ismrmrd_header(enc: Encoding, n_slices: int, n_coils: int, acquisition: str,
-                   rng: np.random.Generator) -> bytes:
-    """ISMRMRD XML header with the structure of the public fastMRI knee headers."""
-    field_t = float(rng.choice([1.494, 2.89362]))
-    system = "Aera" if field_t < 2 else str(rng.choice(["Skyra", "Prisma_fit", "Biograph_mMR"]))
-    larmor = int(round(42.577478 * 1e6 * field_t))
-    fs = acquisition == "CORPDFS_FBK"
-    tr = float(rng.uniform(2750, 3600)) if not fs else float(rng.uniform(2850, 4000))
-    te = float(rng.uniform(25, 34))
-    enc_fov_y = RECON_FOV_MM * enc.cols / enc.recon
-    mid = f"{rng.integers(10000, 99999)}_{rng.integers(10**8, 10**9)}_{rng.integers(10**8, 10**9)}"
-
-    def lim(name, mx, ctr, mn=0):
-        return (f"      <{name}>\n        <minimum>{mn}</minimum>\n"
-                f"        <maximum>{mx}</maximum>\n        <center>{ctr}</center>\n"
-                f"      </{name}>\n")
-
-    coil_labels = "".join(
-        f"    <coilLabel>\n      <coilNumber>{c}</coilNumber>\n"
-        f"      <coilName>Knee_{c + 1}</coilName>\n    </coilLabel>\n" for c in range(n_coils))
-    xml = (
-        '<?xml version="1.0" encoding="utf-8"?>\n'
-        '<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD" '
-        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-        'xmlns:xs="http://www.w3.org/2001/XMLSchema" '
-        'xsi:schemaLocation="http://www.ismrm.org/ISMRMRD ismrmrd.xsd">\n'
-        "  <studyInformation>\n    <studyTime>00:00:00</studyTime>\n  </studyInformation>\n"
-        "  <measurementInformation>\n"
-        f"    <measurementID>{mid}</measurementID>\n"
-        "    <patientPosition>FFS</patientPosition>\n"
-        f"    <protocolName>{'COR PD FS' if fs else 'COR PD'}</protocolName>\n"
-        "    <frameOfReferenceUID>synthetic</frameOfReferenceUID>\n"
-        "  </measurementInformation>\n"
-        "  <acquisitionSystemInformation>\n"
-        "    <systemVendor>SIEMENS</systemVendor>\n"
-        f"    <systemModel>{system}</systemModel>\n"
-        f"    <systemFieldStrength_T>{field_t}</systemFieldStrength_T>\n"
-        "    <relativeReceiverNoiseBandwidth>0.793</relativeReceiverNoiseBandwidth>\n"
-        f"    <receiverChannels>{n_coils}</receiverChannels>\n"
-        f"{coil_labels}"
-        "    <institutionName>roirecon synthetic</institutionName>\n"
-        "  </acquisitionSystemInformation>\n"
-        "  <experimentalConditions>\n"
-        f"    <H1resonanceFrequency_Hz>{larmor}</H1resonanceFrequency_Hz>\n"
-        "  </experimentalConditions>\n"
-        "  <encoding>\n"
-        "    <encodedSpace>\n"
-        f"      <matrixSize>\n        <x>{enc.rows}</x>\n        <y>{enc.cols}</y>\n"
-        "        <z>1</z>\n      </matrixSize>\n"
-        f"      <fieldOfView_mm>\n        <x>{2 * RECON_FOV_MM:g}</x>\n"
-        f"        <y>{enc_fov_y:g}</y>\n        <z>4.5</z>\n      </fieldOfView_mm>\n"
-        "    </encodedSpace>\n"
-        "    <reconSpace>\n"
-        f"      <matrixSize>\n        <x>{enc.recon}</x>\n        <y>{enc.recon}</y>\n"
-        "        <z>1</z>\n      </matrixSize>\n"
-        f"      <fieldOfView_mm>\n        <x>{RECON_FOV_MM:g}</x>\n"
-        f"        <y>{RECON_FOV_MM:g}</y>\n        <z>3</z>\n      </fieldOfView_mm>\n"
-        "    </reconSpace>\n"
-        "    <encodingLimits>\n"
-        + lim("kspace_encoding_step_1", enc.maximum, enc.center)
-        + lim("kspace_encoding_step_2", 0, 0)
-        + lim("average", 0, 0)
-        + lim("slice", n_slices - 1, n_slices // 2)
-        + lim("contrast", 0, 0)
-        + lim("phase", 0, 0)
-        + lim("repetition", 0, 0)
-        + lim("set", 0, 0)
-        + lim("segment", 0, 0)
-        + "    </encodingLimits>\n"
-        "    <trajectory>cartesian</trajectory>\n"
-        "    <parallelImaging>\n"
-        "      <accelerationFactor>\n"
-        "        <kspace_encoding_step_1>1</kspace_encoding_step_1>\n"
-        "        <kspace_encoding_step_2>1</kspace_encoding_step_2>\n"
-        "      </accelerationFactor>\n"
-        "      <calibrationMode>other</calibrationMode>\n"
-        "    </parallelImaging>\n"
-        "  </encoding>\n"
-        "  <sequenceParameters>\n"
-        f"    <TR>{tr:.1f}</TR>\n    <TE>{te:.2f}</TE>\n    <TI>100</TI>\n"
-        "    <flipAngle_deg>140</flipAngle_deg>\n"
-        "    <sequence_type>TurboSpinEcho</sequence_type>\n"
-        "    <echo_spacing>12.5</echo_spacing>\n"
-        "  </sequenceParameters>\n"
-        "</ismrmrdHeader>\n"
-    )
-    return xml.encode("utf-8")
-
-
-# --------------------------------------------------------------------------- acquisition
-def _noise_sigma(x: np.ndarray, noise: float) -> float:
-    """sigma = noise * RMS of the fully sampled noise-free k-space of `x` (all its samples),
-    computed in the image domain (Parseval, orthonormal FFT). A numpy float64 sum, not BLAS
-    (OpenBLAS's vdot rounds differently on different CPUs)."""
-    re, im = x.real.astype(np.float64), x.imag.astype(np.float64)
-    energy = float(np.sum(re * re)) + float(np.sum(im * im))
-    return float(noise) * math.sqrt(energy / max(x.size, 1))
-
-
-def _add_noise(k: np.ndarray, sigma: float, rng: np.random.Generator) -> None:
-    if sigma > 0:
-        n = rng.standard_normal(k.shape + (2,), dtype=np.float32)
-        n *= np.float32(sigma / math.sqrt(2.0))
-        k += n.view(np.complex64)[..., 0]
-
-
-def _acquire_volume(images: np.ndarray, enc: Encoding, coils: int, noise: float,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """images (S, rows, cols) complex64 -> (kspace, target). kspace (S, rows, cols) or
-    (S, coils, rows, cols) complex64; target float32 (S, R, R)."""
-    if coils > 1:
-        maps = coil_maps(rng, coils, enc.grid, enc.recon)
-        x = det_cmul(images[:, None], maps[None])
-    else:
-        x = images
-    sigma = _noise_sigma(x, noise)
-    k = fft2c(x).astype(np.complex64, copy=False)
-    _add_noise(k, sigma, rng)
-    k[..., :enc.padding_left] = 0
-    k[..., enc.padding_right:] = 0
-    img = det_abs(center_crop(ifft2c(k), (enc.recon, enc.recon)))
-    if coils > 1:
-        img = np.sqrt((img ** 2).sum(axis=1))
-    return k, img.astype(np.float32, copy=False)
-
-
-def _unacquired(enc: Encoding) -> slice:
-    """The zero (not acquired) phase-encode columns in standard (unshifted) FFT order: one
-    contiguous run around the Nyquist frequency."""
-    return slice(enc.acquired - enc.center, enc.cols - enc.center)
-
-
-def _acquire_fov(images: np.ndarray, enc: Encoding, noise: float, rng: np.random.Generator
-                 ) -> np.ndarray:
-    """Magnitude recon (S, R, R) of a single-coil acquisition, distributed exactly as
-    `_acquire_volume`'s target but computed with 1-D column FFTs on the recon rows only: the
-    column mask is a column filter (commutes with the row transform and with the centering
-    shifts) and white k-space noise is white image noise along the rows."""
-    sigma = _noise_sigma(images, noise)
-    k = sfft.fft(center_crop(images, (enc.recon, images.shape[-1])), norm="ortho", axis=-1)
-    _add_noise(k, sigma, rng)
-    k[..., _unacquired(enc)] = 0
-    x = sfft.ifft(k, norm="ortho", axis=-1)
-    return det_abs(center_crop(x, (enc.recon, enc.recon)))
-
-
+# --------------------------------------------------------------------------- drawing the dataset
 def _lesion_flags(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
     k = int(math.floor(n * float(rate) + 0.5))
     flags = np.zeros(n, bool)
@@ -441,49 +170,33 @@ def synth_volume(spec: SyntheticSpec, seed: int, split: str, index: int, lesion:
                       fov_shape=(enc.recon, enc.recon))
     scale = np.float32(det_exp(rng.uniform(_LN_SCALE_LO, _LN_SCALE_HI)))   # log-uniform
     images = det_rmul(vol.images, scale)
-    kspace, target = _acquire_volume(images, enc, spec.coils, spec.noise, rng)
+    kspace, target = acquire_volume(images, enc, spec.coils, spec.noise, rng)
     header = ismrmrd_header(enc, spec.slices, spec.coils, vol.acquisition, rng)
     pid = hashlib.sha256(f"roirecon-synthetic/{seed}/{split}/{index}".encode()).hexdigest()
     return kspace, target, vol.lesions, vol.acquisition, header, pid
 
 
-class _Runner:
-    """Runs per-volume jobs in this process or in a process pool; results come back in order,
-    so files are written (and numbered) identically either way."""
-
-    def __init__(self, workers: int | None, units: int):
-        if workers is None:
-            try:
-                cpus = len(os.sched_getaffinity(0))
-            except AttributeError:          # pragma: no cover - non-Linux
-                cpus = os.cpu_count() or 1
-            workers = min(cpus, 4) if units >= 24 else 1
-        if not isinstance(workers, int) or workers < 1:
-            raise InputError(f"workers: must be an integer >= 1, got {workers!r}")
-        self.workers = workers
-        self._ex = None
-
-    def __enter__(self):
-        if self.workers > 1:
-            # fork: no `if __name__ == "__main__"` guard needed in callers; children only run
-            # numpy (no BLAS, no h5py; the parent writes the files)
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            self._ex = ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method))
-        return self
-
-    def __exit__(self, *exc):
-        if self._ex is not None:
-            self._ex.shutdown(cancel_futures=True)
-        return False
-
-    def map(self, fn, jobs: list[tuple]):
-        if self._ex is None:
-            return (fn(*j) for j in jobs)
-        return self._ex.map(fn, *zip(*jobs)) if jobs else iter(())
+def _rendering_pool(workers: int | None, units: int) -> OrderedPool:
+    """The rendering processes: `workers`, or by default up to 4 for jobs of >= 24 volumes and
+    exams, else none (in-process). They only run numpy (no BLAS, no h5py: this process writes the
+    files), and results come back in order, so the files are the same either way."""
+    if workers is None:
+        workers = min(worker_count(0), 4) if units >= 24 else 1
+    if not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers: must be an integer >= 1, got {workers!r}")
+    return OrderedPool(workers)
 
 
-def _own(runner: _Runner | None, workers: int | None, units: int):
-    return _Runner(workers, units) if runner is None else contextlib.nullcontext(runner)
+def _own(pool: OrderedPool | None, workers: int | None, units: int):
+    return _rendering_pool(workers, units) if pool is None else contextlib.nullcontext(pool)
+
+
+def _volume_job(job: tuple):
+    return synth_volume(*job)
+
+
+def _exam_job(job: tuple):
+    return synth_exam(*job)
 
 
 def _fastmri_jobs(spec: SyntheticSpec, seed: int) -> list[tuple]:
@@ -508,10 +221,11 @@ def _exam_jobs(spec: SyntheticSpec, seed: int) -> list[tuple]:
 
 def write_fastmri(out_dir: Path | str, spec: SyntheticSpec, seed: int,
                   progress: Progress = None, *, workers: int | None = None,
-                  _runner: _Runner | None = None) -> list[dict]:
+                  pool: OrderedPool | None = None) -> list[dict]:
     """Write `out_dir/{train,val,test}/file*.h5` (splits named in `spec.volumes`) and return the
     annotation rows (fastMRI+ knee.csv columns, see `pipeline.io.annotations`) of their lesions.
-    `workers`: processes to render in (None: up to 4 for large jobs, else in-process)."""
+    `workers`: processes to render in (None: up to 4 for large jobs, else in-process); `pool`: a
+    `pipeline.parallel.OrderedPool` to render in instead (`synthesize` shares one)."""
     out_dir = Path(out_dir)
     enc = encoding_for(spec.recon_size)
     names = _file_numbers(spec, seed)
@@ -519,8 +233,8 @@ def write_fastmri(out_dir: Path | str, spec: SyntheticSpec, seed: int,
         (out_dir / split).mkdir(parents=True, exist_ok=True)
     jobs = _fastmri_jobs(spec, seed)
     rows: list[dict] = []
-    with _own(_runner, workers, len(jobs)) as run:
-        for (_, _, split, i, _), res in zip(jobs, run.map(synth_volume, jobs)):
+    with _own(pool, workers, len(jobs)) as pool:
+        for (_, _, split, i, _), res in zip(jobs, pool.map(_volume_job, jobs)):
             kspace, target, lesions, acq, header, pid = res
             name = f"file{names[split][i]:07d}"
             _write_h5(out_dir / split / f"{name}.h5", kspace, target, header, acq, pid,
@@ -538,7 +252,7 @@ def synth_exam(spec: SyntheticSpec, seed: int, split: str, index: int, lesion: b
     rng = np.random.default_rng([seed, 1, MRNET_SPLITS.index(split), index])
     vol = render_knee(rng, spec.exam_slices, enc.grid, lesion=lesion,
                       fov_shape=(enc.recon, enc.recon))
-    mag = _acquire_fov(vol.images, enc, spec.noise, rng)
+    mag = acquire_fov(vol.images, enc, spec.noise, rng)
     lo, hi = float(mag.min()), float(mag.max())
     u8 = np.rint((mag - lo) * (255.0 / max(hi - lo, 1e-12))).clip(0, 255).astype(np.uint8)
     return u8, vol.lesions
@@ -546,12 +260,12 @@ def synth_exam(spec: SyntheticSpec, seed: int, split: str, index: int, lesion: b
 
 def write_mrnet_exams(out_dir: Path | str, spec: SyntheticSpec, seed: int,
                       progress: Progress = None, *, workers: int | None = None,
-                      _runner: _Runner | None = None) -> None:
+                      pool: OrderedPool | None = None) -> None:
     """MRNet-v1.0 layout: `out_dir/{train,valid}/coronal/NNNN.npy` (uint8 (slices, R, R), each
     exam min-max scaled to 0..255), header-less `{train,valid}-abnormal.csv` rows `NNNN,0|1`
     (1: the exam has a lesion), and `boxes.csv` (`case,split,slice,row0,col0,height,width,label`,
     native recon-frame boxes). Case ids run on across splits (train 0000.., then valid),
-    4-digit zero-padded as MRNet's. `workers` as in `write_fastmri`."""
+    4-digit zero-padded as MRNet's. `workers` and `pool` as in `write_fastmri`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = _exam_jobs(spec, seed)
@@ -559,8 +273,8 @@ def write_mrnet_exams(out_dir: Path | str, spec: SyntheticSpec, seed: int,
     for split in spec.exams:
         (out_dir / split / "coronal").mkdir(parents=True, exist_ok=True)
     boxes = []
-    with _own(_runner, workers, len(jobs)) as run:
-        for case, (job, res) in enumerate(zip(jobs, run.map(synth_exam, jobs))):
+    with _own(pool, workers, len(jobs)) as pool:
+        for case, (job, res) in enumerate(zip(jobs, pool.map(_exam_job, jobs))):
             split = job[2]
             vol, lesions = res
             cid = f"{case:04d}"
@@ -586,7 +300,7 @@ def synthesize(out_root: Path | str, spec: SyntheticSpec, seed: int,
     `workers`: processes to render in (None: up to 4 when the job is large, else in-process);
     the output does not depend on it."""
     out_root = Path(out_root)
-    with _Runner(workers, total_units(spec)) as run:
-        rows = write_fastmri(out_root / "fastmri", spec, seed, progress, _runner=run)
+    with _rendering_pool(workers, total_units(spec)) as pool:
+        rows = write_fastmri(out_root / "fastmri", spec, seed, progress, pool=pool)
         write_annotations(out_root / "annotations.csv", rows)
-        write_mrnet_exams(out_root / "mrnet", spec, seed, progress, _runner=run)
+        write_mrnet_exams(out_root / "mrnet", spec, seed, progress, pool=pool)

@@ -2,7 +2,7 @@
 
 `SliceStores` is a `torch.utils.data.Dataset` whose items are *batches*: `stores[rows]` reads those
 rows of every store (one zarr chunk per slice and array) and returns them normalised. Only the
-per-slice index (volume, slice) and scalars (mean, std, max) are held in memory, a few bytes per
+per-slice index (volume, slice) and scalars (mean, std) are held in memory, a few bytes per
 slice; images are read when a batch asks for them, so memory does not grow with the split. The
 loaders below put it behind a `DataLoader` (worker processes, pinned memory on CUDA):
 `train_loader` shards shuffled batches over ranks with a `DistributedSampler`; `volume_loader`
@@ -52,7 +52,7 @@ class SliceStores(Dataset):
 
     A batch holds `rows` (int64), `image` and `target` (B,1,C,C, normalised and clamped), `mean`
     and `std` (B,), `heatmap` (B,1,C,C in [0, 1]) when an ROI store is given, and with `raw=True`
-    also `target_raw` and `zero_filled` (B,C,C, target units) and `max_value` (B,)."""
+    also `target_raw` and `zero_filled` (B,C,C, target units)."""
 
     def __init__(self, slices: Path | str, undersampled: Path | str, heatmaps: Path | str | None, split: str,
                  *, raw: bool = False):
@@ -75,7 +75,6 @@ class SliceStores(Dataset):
         if bad.size:
             raise InputError(f"{self.where('undersampled')} std: {bad.size} slice(s) with std {self.std[bad[0]]:g}, "
                              f"first {self._row(bad[0])}; the store is damaged, rebuild it")
-        self.max_value = self._scalars(s, "max_value", self.where("slices")) if raw else None
         self._groups: Optional[dict] = groups
         self._fast: dict[str, Optional[ShardRows]] = {}
 
@@ -167,8 +166,7 @@ class SliceStores(Dataset):
         if self.paths["heatmaps"] is not None:
             batch["heatmap"] = torch.from_numpy(self._heatmap(rows)).unsqueeze(1)
         if self.raw:
-            batch.update(target_raw=torch.from_numpy(target), zero_filled=torch.from_numpy(image),
-                         max_value=torch.from_numpy(self.max_value[rows]))
+            batch.update(target_raw=torch.from_numpy(target), zero_filled=torch.from_numpy(image))
         return batch
 
     def _check_batch(self, rows: np.ndarray, image: np.ndarray, target: np.ndarray) -> None:

@@ -2,12 +2,34 @@
 from __future__ import annotations
 
 import os
+import random
+from itertools import groupby
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("ROIRECON_PROGRESS", "0")
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    """ROIRECON_TEST_ORDER=reverse, or shuffle[:SEED]: run the test files, and the tests within each
+    file, in reverse or shuffled order (files stay together, so each module's fixtures are built
+    once), to check that no test depends on another having run first."""
+    order = os.environ.get("ROIRECON_TEST_ORDER", "")
+    if not order:
+        return
+    modules = [list(group) for _, group in groupby(items, key=lambda item: item.path)]
+    if order == "reverse":
+        modules = [m[::-1] for m in modules[::-1]]
+    elif order.split(":")[0] == "shuffle":
+        rng = random.Random(int(order.split(":")[1]) if ":" in order else 0)
+        rng.shuffle(modules)
+        for m in modules:
+            rng.shuffle(m)
+    else:
+        raise pytest.UsageError(f"ROIRECON_TEST_ORDER: expected reverse or shuffle[:SEED], got {order!r}")
+    items[:] = [item for m in modules for item in m]
 
 
 def _write(root: Path, **spec_kw) -> Path:

@@ -51,7 +51,9 @@ def _tiny_params() -> dict:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
+def built(tmp_path_factory) -> tuple[Path, str]:
+    """The tiny pipeline in a git repo, reproduced once and committed: (repo, the `dvc repro` output).
+    Every test leaves the repo as it found it (committed and up to date), so they run in any order."""
     root = tmp_path_factory.mktemp("dvcrepo")
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
@@ -63,7 +65,21 @@ def repo(tmp_path_factory) -> Path:
     _sh(root, "dvc", "config", "core.analytics", "false")
     _sh(root, "git", "add", "-A")
     _sh(root, "git", "commit", "-qm", "tiny pipeline")
-    return root
+    out = _sh(root, "dvc", "repro")
+    _sh(root, "git", "add", "-A")
+    _sh(root, "git", "commit", "-qm", "repro")
+    return root, out
+
+
+@pytest.fixture
+def repo(built) -> Path:
+    root = built[0]
+    yield root
+    assert _status(root) == {}, "a test left the repo changed"
+
+
+def _status(repo: Path) -> dict:
+    return json.loads(_sh(repo, "dvc", "status", "--json"))
 
 
 def _ran(output: str) -> set[str]:
@@ -75,8 +91,7 @@ def _would_run(repo: Path) -> tuple[set[str], set[str]]:
     from dvc.repo import Repo
     import networkx as nx
 
-    status = json.loads(_sh(repo, "dvc", "status", "--json"))
-    changed = set(status)
+    changed = set(_status(repo))
     with Repo(str(repo)) as r:
         g = r.index.graph          # edges point from a stage to the stages it depends on
         by_name = {s.name: s for s in g.nodes}
@@ -84,21 +99,17 @@ def _would_run(repo: Path) -> tuple[set[str], set[str]]:
     return changed, changed | downstream
 
 
-def test_repro_builds_everything_then_is_up_to_date(repo):
-    out = _sh(repo, "dvc", "repro")
+def test_repro_builds_everything_then_is_up_to_date(built, repo):
     assert {"synthesize", "prepare", "undersample", "train-mrnet", "gradcam", "boxmaps", "evaluate"} | TRAININGS \
-        == _ran(out)
+        == _ran(built[1])
     for path in ("data/synthetic/fastmri/train", "data/synthetic/annotations.csv", "data/slices.zarr/zarr.json",
                  "data/undersampled.zarr/zarr.json", "data/heatmaps.zarr/zarr.json", "data/boxmaps.zarr/zarr.json",
                  "models/mrnet.pt", "models/unet/oracle_s1.pt", "reports/metrics.json", "reports/evaluation.json",
                  "reports/per_volume.csv", "reports/figures/compare.png", "data/reconstructions.zarr/zarr.json"):
         assert (repo / path).exists(), path
-    status = _sh(repo, "dvc", "status")
-    assert "up to date" in status
-    again = _sh(repo, "dvc", "repro")
-    assert _ran(again) == set()
-    _sh(repo, "git", "add", "-A")
-    _sh(repo, "git", "commit", "-qm", "repro")
+    assert _status(repo) == {}                    # every stage's deps, params and outs as dvc.lock records
+    assert _ran(_sh(repo, "dvc", "repro")) == set()
+    assert _sh(repo, "git", "status", "--porcelain") == ""     # nothing to commit: dvc.lock unchanged
 
 
 @pytest.mark.parametrize("key,value,changed,downstream", [
@@ -114,7 +125,6 @@ def test_repro_builds_everything_then_is_up_to_date(repo):
     ("evaluate.split", "val", {"evaluate"}, set()),
 ])
 def test_each_stage_depends_on_exactly_the_params_it_reads(repo, key, value, changed, downstream):
-    assert (repo / "dvc.lock").exists(), "needs the repro test first"
     path = repo / "params.yaml"
     original = path.read_text()
     params = yaml.safe_load(original)
@@ -129,32 +139,46 @@ def test_each_stage_depends_on_exactly_the_params_it_reads(repo, key, value, cha
     assert would_run == changed | downstream
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def test_mask_experiment_skips_mrnet_and_gradcam(repo):
-    assert (repo / "dvc.lock").exists(), "needs the repro test first"
-    out = _sh(repo, "dvc", "exp", "run", "-S", "mask.acceleration=8")
-    ran = _ran(out)
-    assert ran == {"undersample", "evaluate"} | TRAININGS
-    # metrics diff against the committed run: quality numbers only, at most 40 of them from evaluate
-    diff = json.loads(_sh(repo, "dvc", "metrics", "diff", "--all", "--json"))
-    metrics = diff["reports/metrics.json"]
-    assert 20 <= len(metrics) <= 40
-    assert {"oracle_vs_baseline.roi_psnr.delta", "weighted_vs_baseline.psnr.p", "zero_filled.psnr"} <= set(metrics)
-    rows = [k for f in diff.values() for k in f]
-    assert not [k for k in rows if any(t in k for t in ("time", "seconds", "per_s", "threads", "version"))]
-    assert metrics["baseline.psnr"]["old"] != metrics["baseline.psnr"]["new"]
-    show = json.loads(_sh(repo, "dvc", "exp", "show", "--json"))
-    assert show
+    committed = _flat(json.loads((repo / "reports/metrics.json").read_text()))
+    try:
+        out = _sh(repo, "dvc", "exp", "run", "-S", "mask.acceleration=8")
+        ran = _ran(out)
+        assert ran == {"undersample", "evaluate"} | TRAININGS
+        assert json.loads(_sh(repo, "dvc", "params", "diff", "--json")) == \
+            {"params.yaml": {"mask.acceleration": {"old": 4, "new": 8, "diff": 4}}}
+        # metrics diff against the committed run: quality numbers only, at most 40 of them from evaluate,
+        # old = the committed run's, new = the experiment's
+        diff = json.loads(_sh(repo, "dvc", "metrics", "diff", "--all", "--json"))
+        metrics = diff["reports/metrics.json"]
+        assert 20 <= len(metrics) <= 40
+        assert {"oracle_vs_baseline.roi_psnr.delta", "weighted_vs_baseline.psnr.p", "zero_filled.psnr"} <= set(metrics)
+        rows = [k for f in diff.values() for k in f]
+        assert not [k for k in rows if any(t in k for t in ("time", "seconds", "per_s", "threads", "version"))]
+        new = _flat(json.loads((repo / "reports/metrics.json").read_text()))
+        assert {k: v["old"] for k, v in metrics.items()} == {k: committed[k] for k in metrics}
+        assert {k: v["new"] for k, v in metrics.items()} == {k: new[k] for k in metrics}
+        # 8x undersampling: a worse zero-filled input than the committed run's 4x
+        assert new["zero_filled.psnr"] < committed["zero_filled.psnr"]
+    finally:   # back to the committed run
+        _sh(repo, "git", "checkout", "--", ".")
+        _sh(repo, "dvc", "checkout", "--force")
 
 
 def test_push_then_pull_into_a_second_clone_restores_every_output(repo, tmp_path):
     """Sharing results: push the cache to a (local) remote, clone the git repo elsewhere, pull: every output
     of the committed run comes back and the clone is up to date without re-running anything."""
-    assert (repo / "dvc.lock").exists(), "needs the repro test first"
     remote = tmp_path / "remote"
     # --local: .dvc/config.local is git-ignored, so the first repo's committed state is untouched
     _sh(repo, "dvc", "remote", "add", "--local", "--force", "-d", "store", str(remote))
-    # --all-branches: the committed run's outputs, whatever the workspace holds now (an earlier test
-    # applies an experiment to it); the workspace's own outputs are pushed too
+    # --all-branches: the committed run's outputs, whatever the workspace holds
     _sh(repo, "dvc", "push", "--all-branches")
     assert any(remote.rglob("*")), "nothing was pushed"
     branch = _sh(repo, "git", "rev-parse", "--abbrev-ref", "HEAD").strip()
@@ -164,7 +188,7 @@ def test_push_then_pull_into_a_second_clone_restores_every_output(repo, tmp_path
     assert not (clone / "models" / "mrnet.pt").exists(), "outputs are not in git"
     _sh(clone, "dvc", "remote", "add", "--local", "--force", "-d", "store", str(remote))
     _sh(clone, "dvc", "pull")
-    assert "Data and pipelines are up to date" in _sh(clone, "dvc", "status")
+    assert _status(clone) == {}
     assert _ran(_sh(clone, "dvc", "repro")) == set()
 
     for path in [f"models/unet/{v}_s{s}.pt" for v in ("baseline", "weighted", "oracle") for s in SEEDS] + [
@@ -172,7 +196,7 @@ def test_push_then_pull_into_a_second_clone_restores_every_output(repo, tmp_path
             "data/heatmaps.zarr/zarr.json", "data/boxmaps.zarr/zarr.json", "data/reconstructions.zarr/zarr.json",
             "reports/metrics.json", "reports/evaluation.json", "reports/figures/compare.png"]:
         assert (clone / path).exists(), path
-    # the clone's metrics are the first repo's at the committed revision (its workspace may hold an experiment)
+    # the clone's metrics are the first repo's at the committed revision
     # (plain `show` gives {"": the workspace}; `--all-branches` keys by branch name, plus "workspace" when dirty)
     (ours,) = json.loads(_sh(clone, "dvc", "metrics", "show", "--json")).values()
     theirs = json.loads(_sh(repo, "dvc", "metrics", "show", "--all-branches", "--json"))[branch]

@@ -310,7 +310,7 @@ def _volume(slices_store: Path, split: str = "train") -> tuple[str, int]:
 
 
 def _boxes(csv: Path, slices_store: Path, split: str = "train"):
-    from pipeline.roi_scores import split_boxes
+    from pipeline.boxes import split_boxes
     return split_boxes(csv, slices_store, split, 24, None)
 
 
@@ -355,7 +355,7 @@ BAD_ROWS = [  # (row, reason written to the rejected-rows CSV)
 
 @pytest.mark.parametrize("row,reason", BAD_ROWS)
 def test_bad_row_is_left_out_with_its_reason(tmp_path, slices_store, capsys, row, reason):
-    from pipeline.roi_scores import check_boxes
+    from pipeline.boxes import check_boxes
     name, n = _volume(slices_store)
     csv = tmp_path / "knee.csv"
     csv.write_text(HEADER + f"{name},0,No,1,1,4,4,ok\n\n" + row.format(name=name) + "\n")
@@ -591,6 +591,23 @@ def test_pool_workers_die_with_a_killed_parent(tmp_path):
 def test_ordered_map_still_maps_in_order():
     from pipeline.parallel import ordered_map
     assert list(ordered_map(abs, [-3, -1, -2, 5, -7], 2)) == [3, 1, 2, 5, 7]
+
+
+def _pid(_) -> int:
+    time.sleep(0.05)        # every worker gets some of the items
+    return os.getpid()
+
+
+def test_one_pool_serves_several_ordered_maps():
+    """synthesize renders the fastMRI volumes and then the exams on the same two workers."""
+    from pipeline.parallel import OrderedPool
+    with OrderedPool(2) as pool:
+        assert list(pool.map(abs, [-3, -1, -2, 5, -7])) == [3, 1, 2, 5, 7]
+        first, second = set(pool.map(_pid, range(6))), set(pool.map(_pid, range(6)))
+    # the same (at most two) workers, never this process; a pool per map would give new pids
+    assert len(first | second) <= 2 and first & second and os.getpid() not in first | second
+    with OrderedPool(1) as pool:                            # one worker: in this process
+        assert set(pool.map(_pid, range(3))) == {os.getpid()}
 
 
 def test_stale_temporaries_are_swept_and_fresh_ones_kept(tmp_path):

@@ -19,15 +19,15 @@ from fastmri.data import transforms as T
 from fastmri.data.mri_data import AnnotatedSliceDataset, SliceDataset, et_query
 from fastmri.data.subsample import RandomMaskFunc
 
+from pipeline.acquisition import acquire_fov, acquire_volume, encoding_for
+from pipeline.boxes import slice_boxes
 from pipeline.errors import InputError
 from pipeline.io.annotations import (COLUMNS, from_fastmri_plus, read_annotations,
                                      to_fastmri_plus, write_annotations)
-from pipeline.phantom import (LABEL_CARTILAGE_FULL, LABEL_CARTILAGE_PARTIAL, LABEL_EDEMA,
-                              LABEL_MENISCUS, knee_volume, render_knee)
-from pipeline.synthetic import (SyntheticSpec, _acquire_fov, _acquire_volume, encoding_for,
-                                synth_volume, synthesize, total_units, write_fastmri,
+from pipeline.phantom import render_knee
+from pipeline.phantom_lesions import LABEL_CARTILAGE_FULL, LABEL_CARTILAGE_PARTIAL, LABEL_EDEMA, LABEL_MENISCUS
+from pipeline.synthetic import (SyntheticSpec, synth_volume, synthesize, total_units, write_fastmri,
                                 write_mrnet_exams)
-
 
 
 def FULL_MASK(shape, offset=None, seed=None):
@@ -217,13 +217,13 @@ def test_fastmri_plus_flip_convention_round_trip(tmp_path):
     assert lines[0] == ",".join(COLUMNS)
     assert lines[1] == "file1000001,14,No,200,285,40,30,Meniscus Tear"
     assert lines[2] == "file1000002,,Yes,,,,,Artifact "
-    df = read_annotations(path, frame_height=H)
+    df = read_annotations(path)
     r = df.iloc[0]
-    assert (r.file, r.slice, r.row0, r.col0, r.height, r.width) == ("file1000001", 14, 5, 200,
-                                                                    30, 40)
+    assert (r.file, r.slice, r.x, r.y, r.width, r.height) == ("file1000001", 14, 200, 285, 40, 30)
+    assert from_fastmri_plus(r.x, r.y, r.width, r.height, frame_height=H) == native
     study = df.iloc[1]
     assert study.study_level == "Yes" and study.label == "Artifact"
-    assert pd.isna(study.slice) and pd.isna(study.row0) and pd.isna(study.col0)
+    assert pd.isna(study.slice) and pd.isna(study.x) and pd.isna(study.height)
 
 
 def test_read_annotations_real_knee_csv_rows(tmp_path):
@@ -232,9 +232,11 @@ def test_read_annotations_real_knee_csv_rows(tmp_path):
                     "file1000001,14,No,90,173,35,10,Cartilage - Partial Thickness loss/defect\n"
                     "file1000002,9,No,86,51,169,99,Joint Effusion \n")
     df = read_annotations(path)
-    assert list(df.row0) == [320 - 173 - 10, 320 - 51 - 99]
-    assert list(df.col0) == [90, 86]
-    assert df.label.iloc[1] == "Joint Effusion"
+    frames = {"file1000001.h5": (320, 320), "file1000002.h5": (320, 320)}
+    # native row0 = 320 - y - height; crop = the whole frame
+    assert slice_boxes(df, frames, crop=320) == {
+        ("file1000001.h5", 14): [((320 - 173 - 10, 90, 10, 35), "Cartilage - Partial Thickness loss/defect")],
+        ("file1000002.h5", 9): [((320 - 51 - 99, 86, 99, 169), "Joint Effusion")]}
     bad = tmp_path / "bad.csv"
     bad.write_text("file,slice,x\nfile1,1,2\n")
     with pytest.raises(InputError, match="lacks columns"):
@@ -249,15 +251,15 @@ def test_annotations_match_fastmri_annotated_dataset(single, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     write_annotations(tmp_path / ".annotation_cache" / "kneeNone.csv", rows)
     ds = AnnotatedSliceDataset(d / "train", "singlecoil", "knee", "all")
-    native = read_annotations(tmp_path / ".annotation_cache" / "kneeNone.csv",
-                              frame_height=spec.recon_size)
+    table = read_annotations(tmp_path / ".annotation_cache" / "kneeNone.csv")
     seen = 0
     for fname, sl, meta in ds.raw_samples:
         a = meta["annotation"]
         if a["label"] == "":
             continue
-        m = native[(native.file == fname.stem) & (native.slice == sl)]
-        assert ((m.row0 == a["y"]) & (m.col0 == a["x"]) & (m.height == a["height"])).any()
+        m = table[(table.file == fname.stem) & (table.slice == sl)]
+        native = [from_fastmri_plus(r.x, r.y, r.width, r.height, spec.recon_size) for r in m.itertuples()]
+        assert (a["y"], a["x"], a["height"], a["width"]) in native
         seen += 1
     assert seen == sum(1 for r in rows if (d / "train" / f"{r['file']}.h5").exists())
 
@@ -364,14 +366,15 @@ def test_lesion_share_and_labels():
 
 
 # --------------------------------------------------------------------------- phantom API
-def test_knee_volume_api_and_determinism():
+def test_render_knee_api_and_determinism():
     shape, fov = (64, 38), (32, 32)
-    a, la = knee_volume(np.random.default_rng(4), 3, shape, lesion=True, fov_shape=fov)
-    b, lb = knee_volume(np.random.default_rng(4), 3, shape, lesion=True, fov_shape=fov)
+    va = render_knee(np.random.default_rng(4), 3, shape, lesion=True, fov_shape=fov)
+    vb = render_knee(np.random.default_rng(4), 3, shape, lesion=True, fov_shape=fov)
+    a, la = va.images, va.lesions
     assert a.shape == (3, 64, 38) and a.dtype == np.complex64
-    np.testing.assert_array_equal(a, b)
-    assert la == lb
-    c, _ = knee_volume(np.random.default_rng(5), 3, shape, lesion=True, fov_shape=fov)
+    np.testing.assert_array_equal(a, vb.images)
+    assert la == vb.lesions and va.acquisition == vb.acquisition
+    c = render_knee(np.random.default_rng(5), 3, shape, lesion=True, fov_shape=fov).images
     assert not np.array_equal(a, c)
     mag = np.abs(a)
     assert np.isfinite(a).all() and mag.max() > 0.5
@@ -387,11 +390,11 @@ def test_exam_and_volume_acquisitions_agree():
     """Exams use the cheap column-only acquisition; without noise it equals the full one."""
     enc = encoding_for(48)
     v = render_knee(np.random.default_rng(8), 3, enc.grid, lesion=False, fov_shape=(48, 48))
-    fov = _acquire_fov(v.images, enc, 0.0, np.random.default_rng(0))
-    _, full = _acquire_volume(v.images, enc, 1, 0.0, np.random.default_rng(0))
+    fov = acquire_fov(v.images, enc, 0.0, np.random.default_rng(0))
+    _, full = acquire_volume(v.images, enc, 1, 0.0, np.random.default_rng(0))
     np.testing.assert_allclose(fov, full, rtol=0, atol=1e-5 * float(full.max()))
-    noisy = _acquire_fov(v.images, enc, 0.05, np.random.default_rng(0))
-    _, noisy_full = _acquire_volume(v.images, enc, 1, 0.05, np.random.default_rng(1))
+    noisy = acquire_fov(v.images, enc, 0.05, np.random.default_rng(0))
+    _, noisy_full = acquire_volume(v.images, enc, 1, 0.05, np.random.default_rng(1))
     bg_a, bg_b = noisy[:, :, :2].std(), noisy_full[:, :, :2].std()
     assert bg_a == pytest.approx(bg_b, rel=0.3) and bg_a > 0
 

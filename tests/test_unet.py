@@ -16,7 +16,8 @@ import zarr
 from fastmri.data import transforms as fm_transforms
 
 from pipeline.errors import InputError
-from pipeline.models.registry import build_unet, count_parameters, load_unet, model_config, save_unet
+from pipeline.models.registry import build_unet, load_unet, model_config, save_unet
+from pipeline.models.torch_files import count_parameters
 from pipeline.models.unet_seed import SeedUnet
 from pipeline.store import SPLITS, ShardedWriter, atomic_path, finish_store, open_store
 from pipeline.training.unet import TrainConfig, train_unet

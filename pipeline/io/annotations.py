@@ -6,7 +6,8 @@ Columns (exactly, as in microsoft/fastmri-plus `Annotations/knee.csv`):
 (`"Yes"`) leave slice and box empty. The box is given in the recon frame flipped up/down: for a
 frame of height H (320 for fastMRI knee), `x` is the column of the left edge and
 `y = H - row0 - height`, where `row0` is the top row in native orientation (row 0 = top).
-fastMRI's `AnnotatedSliceDataset` applies the same flip (`y = maxy - y - height`).
+fastMRI's `AnnotatedSliceDataset` applies the same flip (`y = maxy - y - height`);
+`from_fastmri_plus` undoes it (and `to_fastmri_plus` applies it) for every user of the boxes.
 """
 from __future__ import annotations
 
@@ -53,14 +54,13 @@ def write_annotations(path: Path | str, rows: Iterable[Mapping]) -> None:
             w.writerow(out)
 
 
-def read_annotations(path: Path | str, frame_height: int = 320) -> pd.DataFrame:
+def read_annotations(path: Path | str) -> pd.DataFrame:
     """Read a fastMRI+ knee.csv-style file.
 
-    Returns the CSV columns (`slice,x,y,width,height` as nullable integers, `file` without `.h5`,
-    `label` stripped of surrounding blanks; real knee.csv has e.g. "Joint Effusion ") plus native
-    `row0,col0,height,width` in a recon frame of height `frame_height`: `row0 = H - y - height`,
-    `col0 = x`, and `line`, the row's line number in the file (for messages). Study-level rows
-    (empty slice/box) keep `<NA>` in the numeric columns. An empty or header-only file is an
+    Returns the CSV columns (`slice,x,y,width,height` as nullable integers, still in the flipped
+    fastMRI+ frame; `file` without `.h5`; `label` stripped of surrounding blanks; real knee.csv has
+    e.g. "Joint Effusion ") and `line`, the row's line number in the file (for messages).
+    Study-level rows (empty slice/box) keep `<NA>` in the numeric columns. An empty or header-only file is an
     InputError; which rows fit which volume is checked against the data (`sort_rows`).
     """
     path = Path(path)
@@ -95,8 +95,6 @@ def read_annotations(path: Path | str, frame_height: int = 320) -> pd.DataFrame:
             i = int(bad.idxmax())
             raise InputError(f"{path}: line {df['line'][i]}: column {c!r} is not a number: {df[c][i]!r}")
         df[c] = num.round().astype("Int64")
-    df["row0"] = (int(frame_height) - df["y"] - df["height"]).astype("Int64")
-    df["col0"] = df["x"].astype("Int64")
     return df
 
 

@@ -11,6 +11,7 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -28,12 +29,6 @@ class Header:
     recon_size: tuple[int, int, int]
     enc_limits_center: int
     enc_limits_max: int
-
-    @property
-    def padding(self) -> tuple[int, int]:
-        """Zero-filled phase-encode columns on each side, as fastMRI's SliceDataset computes."""
-        left = self.enc_size[1] // 2 - self.enc_limits_center
-        return left, left + self.enc_limits_max + 1
 
 
 @dataclass(frozen=True)
@@ -183,20 +178,9 @@ class FastMRIFile:
 
     def _validate(self) -> VolumeInfo:
         h5, p = self._h5, self.path
-        if "kspace" not in h5:
-            raise InputError(f"{p}: no 'kspace' dataset")
-        k = h5["kspace"]
-        if not isinstance(k, h5py.Dataset):
-            raise InputError(f"{p}: 'kspace' is not a dataset")
-        rank = KSPACE_RANK[self.challenge]
-        if k.ndim != rank:
-            other = next(c for c in KSPACE_RANK if c != self.challenge)
-            raise InputError(f"{p}: kspace has rank {k.ndim}, expected {rank} for {self.challenge} "
-                             f"(a {other} file?)")
-        if not np.issubdtype(k.dtype, np.complexfloating):
-            raise InputError(f"{p}: kspace dtype is {k.dtype}, expected complex")
-        if k.shape[0] == 0:
-            raise InputError(f"{p}: kspace has no slices")
+        other = next(c for c in KSPACE_RANK if c != self.challenge)
+        k = kspace_dataset(h5, p, self.challenge, lambda got, want: f"kspace has rank {got}, expected {want} for "
+                                                                    f"{self.challenge} (a {other} file?)")
         tkey = TARGET_KEY[self.challenge]
         if tkey not in h5:
             raise InputError(f"{p}: no '{tkey}' target (fully sampled {self.challenge} files need it)")
@@ -268,6 +252,25 @@ class FastMRIFile:
         if not all_finite(block):
             raise InputError(f"{self.path}: {key} contains NaN or Inf")
         return block
+
+
+def kspace_dataset(h5: h5py.File, path: Path, challenge: str, rank_message: Callable[[int, int], str]
+                   ) -> h5py.Dataset:
+    """The `kspace` dataset of an open fastMRI file, checked: a complex dataset of the challenge's rank
+    (else the error says `rank_message(rank found, rank expected)`) with at least one slice."""
+    if "kspace" not in h5:
+        raise InputError(f"{path}: no 'kspace' dataset")
+    k = h5["kspace"]
+    if not isinstance(k, h5py.Dataset):
+        raise InputError(f"{path}: 'kspace' is not a dataset")
+    rank = KSPACE_RANK[challenge]
+    if k.ndim != rank:
+        raise InputError(f"{path}: {rank_message(k.ndim, rank)}")
+    if not np.issubdtype(k.dtype, np.complexfloating):
+        raise InputError(f"{path}: kspace dtype is {k.dtype}, expected complex")
+    if k.shape[0] == 0:
+        raise InputError(f"{path}: kspace has no slices")
+    return k
 
 
 def all_finite(x: np.ndarray) -> bool:

@@ -47,8 +47,7 @@ class MRNet(nn.Module):
     """Input: one exam as a batch of slices `(S, 1, H, W)` (grey, normalised) or `(S, 3, H, W)`.
 
     `forward` gives the exam logit `(1,)`; `slice_logits` gives one logit per slice `(S, 1)`
-    through the same pooling and linear unit (used for per-slice Grad-CAM). `forward_batch`
-    scores several exams of different slice counts in one pass over their concatenated slices.
+    through the same pooling and linear unit (used for per-slice Grad-CAM).
     """
 
     min_size = 63  # smallest input side for which AlexNet's trunk yields a feature map
@@ -80,12 +79,6 @@ class MRNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pooled(x).max(dim=0).values)
 
-    def forward_batch(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """Exam logits `(E,)` for exams whose slices are concatenated along dim 0."""
-        pooled = self.pooled(x)
-        per_exam = torch.stack([p.max(dim=0).values for p in torch.split(pooled, counts)])
-        return self.classifier(per_exam).squeeze(1)
-
 
 def to_pixels(volume: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Scale one volume `(S, H, W)` to 0..255 by its own min/max (float32), as Bien et al. did."""
@@ -112,10 +105,6 @@ def normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 def prepare_volume(volume: np.ndarray | torch.Tensor, image_size: int, mean: float, std: float) -> torch.Tensor:
     """A raw volume `(S, H, W)` in any units -> normalised MRNet input `(S, 1, size, size)`."""
     return normalise(resize_slices(to_pixels(volume), image_size), mean, std)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def load_pretrained_features(model: MRNet, path: Path | str) -> None:

@@ -67,10 +67,6 @@ def build_unet(cfg: dict[str, Any]) -> nn.Module:
     return Residual(net) if cfg.get("residual", False) else net
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """CPU state dict without DDP (`module.`) or torch.compile (`_orig_mod.`) prefixes."""
     inner = getattr(model, "module", model)

@@ -1,4 +1,5 @@
-"""Reading torch files (our checkpoints, a user's pretrained weights) with one clear error."""
+"""What every network module shares: reading torch files (our checkpoints, a user's pretrained
+weights) with one clear error, and counting a network's parameters."""
 from __future__ import annotations
 
 import pickle
@@ -7,8 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from pipeline.errors import InputError, first_line
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters of `model` (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def read_torch_file(path: Path | str, *, missing: str, unreadable: str,

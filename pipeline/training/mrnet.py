@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from pipeline.errors import InputError
 from pipeline.io.classifier import Exam
-from pipeline.models.mrnet import (MRNet, count_parameters, load_pretrained_features, normalise,
-                                   resize_slices, to_pixels)
+from pipeline.models.mrnet import MRNet, load_pretrained_features, normalise, resize_slices, to_pixels
+from pipeline.models.torch_files import count_parameters
 from pipeline.parallel import worker_count
 from pipeline.training.device import autocast, seed_everything, select_device
 from pipeline.training.logging import LogFn
@@ -186,75 +186,121 @@ def train_mrnet(train: Sequence[Exam], test: Sequence[Exam], cfg: MRNetTrainConf
     gen = seed_everything(cfg.seed)
     fit, tune = tune_split(train, cfg.tune_fraction, cfg.seed)
     mean, std = pixel_stats(fit, cfg.image_size)
+    model, opt = _new_model(cfg, device)
+    run = _Run(model, opt, cfg, device, mean, std, class_weights([e.label for e in fit]), gen, progress)
+    history, best = _fit(run, fit, tune, log)
 
-    model = MRNet()
-    if cfg.pretrained:
-        load_pretrained_features(model, cfg.pretrained)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    fit_labels = np.array([e.label for e in fit])
-    tune_labels = np.array([e.label for e in tune])
-    prevalence = fit_labels.mean()
-    # inverse class prevalence, scaled so that the mean weight over the training exams is 1
-    class_w = np.array([0.5 / (1.0 - prevalence), 0.5 / prevalence])
-
-    history: list[dict] = []
-    best = {"auc": -1.0, "loss": math.inf, "epoch": -1, "state": None}
-    for epoch in range(cfg.epochs):
-        model.train()
-        order = torch.randperm(len(fit), generator=gen).tolist()
-        logits = np.zeros(len(fit))
-        for i in order:
-            e = fit[i]
-            x = resize_slices(to_pixels(e.load()), cfg.image_size)
-            if cfg.augment:
-                x = augment(x, gen, cfg)
-            x = normalise(x, mean, std).to(device)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            target = torch.tensor([float(e.label)], device=device)
-            with autocast(device):
-                logit = model(x).float()
-            loss = F.binary_cross_entropy_with_logits(logit, target) * float(class_w[e.label])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            logits[i] = float(logit.detach())
-            if progress:
-                progress(1)
-        tune_logits = _predict(model, tune, cfg, mean, std, device, progress)
-        row = {
-            "train/loss": _weighted_bce(logits, fit_labels, class_w),
-            "train/auc": roc_auc(fit_labels, logits),
-            "val/loss": _weighted_bce(tune_logits, tune_labels, class_w),
-            "val/auc": roc_auc(tune_labels, tune_logits),
-        }
-        if not all(math.isfinite(v) for v in row.values()):
-            raise FloatingPointError(f"mrnet: training diverged at epoch {epoch} ({row}); lower mrnet.lr")
-        history.append({"epoch": epoch, **row})
-        log(row)
-        if (row["val/auc"], -row["val/loss"]) > (best["auc"], -best["loss"]):
-            best = {"auc": row["val/auc"], "loss": row["val/loss"], "epoch": epoch, "logits": tune_logits,
-                    "state": copy.deepcopy(model.state_dict())}
-
-    model.load_state_dict(best["state"])
+    model.load_state_dict(best.state)
     test_logits = _predict(model, test, cfg, mean, std, device, progress)
-    labels = [e.label for e in test]
-    threshold = youden_threshold(tune_labels, _sigmoid(best["logits"]))
+    threshold = youden_threshold([e.label for e in tune], _sigmoid(best.logits))
     metrics = {
-        "test": binary_metrics(labels, _sigmoid(test_logits), threshold),
-        "best_epoch": best["epoch"],
-        "tune_auc": best["auc"],
+        "test": binary_metrics([e.label for e in test], _sigmoid(test_logits), threshold),
+        "best_epoch": best.epoch,
+        "tune_auc": best.auc,
         "n_train": len(fit), "n_tune": len(tune),
         "parameters": count_parameters(model),
     }
     config = {
         **asdict(cfg),
         "mean": mean, "std": std, "scaling": "per-volume min/max to 0..255, then (x - mean) / std",
-        "best_epoch": best["epoch"], "class_weights": class_w.tolist(), "threshold": threshold,
+        "best_epoch": best.epoch, "class_weights": run.class_w.tolist(), "threshold": threshold,
         **(extra_config or {}),
     }
     return TrainResult(model=model.cpu().eval(), config=config, metrics=metrics, history=history)
+
+
+def class_weights(labels: Sequence[int]) -> np.ndarray:
+    """Inverse class prevalence (normal, abnormal), scaled so that the mean weight over `labels` is 1."""
+    prevalence = np.array(labels).mean()
+    return np.array([0.5 / (1.0 - prevalence), 0.5 / prevalence])
+
+
+def _new_model(cfg: MRNetTrainConfig, device: torch.device) -> tuple[MRNet, torch.optim.Optimizer]:
+    """MRNet (He init, or the pretrained trunk) on `device`, and its Adam optimizer."""
+    model = MRNet()
+    if cfg.pretrained:
+        load_pretrained_features(model, cfg.pretrained)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model, torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class _Run:
+    """What every training step needs."""
+    model: MRNet
+    opt: torch.optim.Optimizer
+    cfg: MRNetTrainConfig
+    device: torch.device
+    mean: float                 # pixel statistics of the fit exams
+    std: float
+    class_w: np.ndarray         # loss weight of a normal and an abnormal exam
+    gen: torch.Generator        # exam order and augmentation
+    progress: Progress
+
+
+@dataclass
+class _Best:
+    """The best epoch so far, by tune AUC (then tune loss)."""
+    auc: float = -1.0
+    loss: float = math.inf
+    epoch: int = -1
+    logits: Optional[np.ndarray] = None      # its tune logits
+    state: Optional[dict] = None             # its weights
+
+
+def _fit(run: _Run, fit: Sequence[Exam], tune: Sequence[Exam], log: LogFn) -> tuple[list[dict], _Best]:
+    """Every epoch: one pass over the fit exams, then the tune metrics (logged); the best epoch's
+    weights are kept."""
+    fit_labels = np.array([e.label for e in fit])
+    tune_labels = np.array([e.label for e in tune])
+    history: list[dict] = []
+    best = _Best()
+    for epoch in range(run.cfg.epochs):
+        logits = _train_epoch(run, fit)
+        tune_logits = _predict(run.model, tune, run.cfg, run.mean, run.std, run.device, run.progress)
+        row = {
+            "train/loss": _weighted_bce(logits, fit_labels, run.class_w),
+            "train/auc": roc_auc(fit_labels, logits),
+            "val/loss": _weighted_bce(tune_logits, tune_labels, run.class_w),
+            "val/auc": roc_auc(tune_labels, tune_logits),
+        }
+        if not all(math.isfinite(v) for v in row.values()):
+            raise FloatingPointError(f"mrnet: training diverged at epoch {epoch} ({row}); lower mrnet.lr")
+        history.append({"epoch": epoch, **row})
+        log(row)
+        if (row["val/auc"], -row["val/loss"]) > (best.auc, -best.loss):
+            best = _Best(row["val/auc"], row["val/loss"], epoch, tune_logits, copy.deepcopy(run.model.state_dict()))
+    return history, best
+
+
+def _train_epoch(run: _Run, fit: Sequence[Exam]) -> np.ndarray:
+    """One step per exam, in a random order; returns each exam's logit (in `fit` order)."""
+    run.model.train()
+    order = torch.randperm(len(fit), generator=run.gen).tolist()
+    logits = np.zeros(len(fit))
+    for i in order:
+        logits[i] = _train_step(run, fit[i])
+        if run.progress:
+            run.progress(1)
+    return logits
+
+
+def _train_step(run: _Run, e: Exam) -> float:
+    """One exam (its slices are the batch): weighted BCE of the exam logit, one Adam step."""
+    cfg, device = run.cfg, run.device
+    x = resize_slices(to_pixels(e.load()), cfg.image_size)
+    if cfg.augment:
+        x = augment(x, run.gen, cfg)
+    x = normalise(x, run.mean, run.std).to(device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    target = torch.tensor([float(e.label)], device=device)
+    with autocast(device):
+        logit = run.model(x).float()
+    loss = F.binary_cross_entropy_with_logits(logit, target) * float(run.class_w[e.label])
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    return float(logit.detach())
