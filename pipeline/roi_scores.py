@@ -19,7 +19,6 @@ import numpy as np
 
 from pipeline.boxes import Box, box_mask
 # the stages read boxes through these names; they live in pipeline.boxes
-from pipeline.boxes import check_boxes, split_boxes  # noqa: F401
 
 
 def pointing_hit(heat: np.ndarray, boxes: Sequence[Box]) -> bool:

@@ -35,7 +35,7 @@ def gradcam_cmd(
     from pipeline.gradcam_report import score_heatmaps, slices_shapes
     from pipeline.models.mrnet import load_mrnet
     from pipeline.reports import write_json
-    from pipeline.roi_scores import split_boxes
+    from pipeline.boxes import split_boxes
     from pipeline.store import atomic_path
     from stages.progress import bar
     from stages.settings import load_params

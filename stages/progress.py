@@ -32,10 +32,6 @@ def mode() -> str:
     return "bar" if _isatty(sys.stderr) else "lines"
 
 
-def enabled() -> bool:
-    return mode() != "off"
-
-
 @contextlib.contextmanager
 def bar(total: int, desc: str, unit: str = "slice",
         interval: Optional[float] = None) -> Iterator[Callable[[int], None]]:
