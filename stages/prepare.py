@@ -20,7 +20,7 @@ def prepare_cmd(
 
     Reads: data.raw_dir (fastMRI h5).
 
-    Writes: data/slices.zarr (volume, slice, target, max_value per split).
+    Writes: data/slices.zarr (volume, slice, target per split).
 
     Params: data.*."""
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
