@@ -32,7 +32,7 @@ def boxmaps_cmd(
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.box_maps import write_box_maps
     from pipeline.io.annotations import write_rejected
-    from pipeline.roi_scores import check_boxes
+    from pipeline.boxes import check_boxes
     from pipeline.store import atomic_path, open_store
     from stages.progress import bar
     from stages.settings import load_params
