@@ -23,7 +23,7 @@ OVERLAY_ALPHA = 0.6  # opacity of the heatmap at value 1 in the overlay (proport
 PEAK_IN_BOX = "heatmap maximum, inside a box (hit)"
 PEAK_NEAR_BOX = "heatmap maximum, within the tolerance of a box (hit at 15 px)"
 PEAK_OUT_OF_BOX = "heatmap maximum, beyond the tolerance (miss)"
-TOLERANCE_COLOR = "white"
+TOLERANCE_COLOR = "magenta"
 
 
 def overlay_png(path: Path | str, image: np.ndarray, heat: np.ndarray, boxes: Sequence[Box],
@@ -62,9 +62,7 @@ def overlay_png(path: Path | str, image: np.ndarray, heat: np.ndarray, boxes: Se
     handles = [Patch(facecolor="none", edgecolor=BOX_COLOR, linewidth=1.4, label=BOX_LABEL)]
     if heat.max() > 0:
         r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
-        hit = pointing_hit(heat, boxes)
-        near = hit or (tol > 0 and pointing_hit(heat, boxes, tol))
-        face, label = ("white", PEAK_IN_BOX) if hit else ("orange", PEAK_NEAR_BOX) if near else ("red", PEAK_OUT_OF_BOX)
+        face, label = peak_marker(heat, boxes, tol)
         style = dict(marker="X", markersize=11, markeredgecolor="black", markeredgewidth=1.0, linestyle="none",
                      markerfacecolor=face, label=label)
         axes[2].plot([c], [r], **style)
@@ -83,6 +81,16 @@ def overlay_png(path: Path | str, image: np.ndarray, heat: np.ndarray, boxes: Se
     what = f"box label{'s' if len(names) != 1 else ''}: {', '.join(names)}" if names else "no boxes"
     fig.suptitle(textwrap.fill(f"{title}; {what}", width=110), fontsize=10)
     save_png(fig, path)
+
+
+def peak_marker(heat: np.ndarray, boxes: Sequence[Box], tol: float) -> tuple[str, str]:
+    """(colour, legend label) of the heatmap-maximum marker: white inside a box, orange within `tol`
+    px of one, red beyond."""
+    if pointing_hit(heat, boxes):
+        return "white", PEAK_IN_BOX
+    if tol > 0 and pointing_hit(heat, boxes, tol):
+        return "orange", PEAK_NEAR_BOX
+    return "red", PEAK_OUT_OF_BOX
 
 
 def pick_evenly(items: Sequence, n: int) -> list:

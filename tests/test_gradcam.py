@@ -447,3 +447,63 @@ def test_gradcam_warns_once_when_model_and_slices_differ_in_source(tiny_data, tm
     # the method reaches the maps and the reports
     assert json.loads((d / "gradcam.json").read_text())["method"] == "layercam"
     assert open_store(d / "heatmaps.zarr", kind="heatmaps").attrs["method"] == "layercam"
+
+
+def test_gradcam_methods_benchmark_on_val(tiny_data, model_file, tmp_path, capsys):
+    """benchmarks/gradcam_methods.py: every method x layer scored on val, as the stage scores test."""
+    from benchmarks.gradcam_methods import main
+    from pipeline.roi_scores import frame_tolerances
+    from pipeline.boxes import check_boxes
+
+    out = tmp_path / "bench.json"
+    params = write_params(tmp_path / "params.yaml", data={"annotations": str(tiny_data / "synthetic/annotations.csv")})
+    assert main(["--slices", str(tiny_data / "slices.zarr"), "--model", str(model_file), "--params", str(params),
+                 "--layers", "features.6,features.10", "--resamples", "1000", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["split"] == "val"
+    assert [(r["method"], r["layer"]) for r in result["results"]] == \
+        [(m, lay) for m in METHODS for lay in ("features.6", "features.10")]
+    # gradcam at features.10: the numbers of score_slices on the maps the stage would write for val
+    ann = tiny_data / "synthetic/annotations.csv"
+    val_boxes = split_boxes(ann, tiny_data / "slices.zarr", "val", 64)
+    assert val_boxes, "the tiny val split needs annotated slices"
+    model, config = bright_spot_mrnet(threshold=60.0)
+    model = explainable(model)
+    g = open_store(tiny_data / "slices.zarr", kind="slices")["val"]
+    names, idx = as_str(g["volume"][:]), g["slice"][:]
+    tol = frame_tolerances(check_boxes(ann, tiny_data / "slices.zarr").frames)
+    items = []
+    for name in sorted(set(names)):
+        sel = np.flatnonzero(names == name)
+        heat = volume_heatmaps(model, config, g["target"][sel[0]:sel[-1] + 1], GradCAMSpec(layer="features.10"))
+        for j, r in enumerate(sel):
+            found = val_boxes.get((name, int(idx[r])))
+            if found:
+                items.append((name, heat[j], [b for b, _ in found], [lab for _, lab in found], tol[name]))
+    expected = score_slices(items, n_resamples=1000)["overall"]
+    got, = [r["overall"] for r in result["results"] if (r["method"], r["layer"]) == ("gradcam", "features.10")]
+    assert got["n_slices"] == len(val_boxes) == expected["n_slices"]
+    for q in ("pointing_game", "pointing_game_15px", "energy_in_box", "chance"):
+        assert got[q]["mean"] == pytest.approx(expected[q]["mean"])
+    table = capsys.readouterr().out
+    assert table.count("\n| ") == len(METHODS) * 2 + 1 and "| HiResCAM | `features.6` |" in table
+
+
+def test_overlay_marks_the_peak_and_the_tolerance(tmp_path):
+    """The overlay's maximum marker follows the pointing game at 0 and at the tolerance; the circle
+    of the tolerance changes the picture."""
+    from pipeline import figures_gradcam as fg
+
+    heat = np.zeros((64, 64), np.float32)
+    heat[20, 30] = 1.0                                   # 3 columns right of the box (cols 22..27)
+    box = [(18, 22, 5, 6)]
+    assert fg.peak_marker(heat, box, 0.0) == ("red", fg.PEAK_OUT_OF_BOX)
+    assert fg.peak_marker(heat, box, 2.9) == ("red", fg.PEAK_OUT_OF_BOX)
+    assert fg.peak_marker(heat, box, 3.0) == ("orange", fg.PEAK_NEAR_BOX)
+    assert fg.peak_marker(heat, [(18, 22, 5, 9)], 3.0) == ("white", fg.PEAK_IN_BOX)
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    pngs = []
+    for tol in (0.0, 3.0):
+        fg.overlay_png(tmp_path / f"t{tol}.png", img, heat, box, ["Meniscus Tear"], "t", tol=tol)
+        pngs.append((tmp_path / f"t{tol}.png").read_bytes())
+    assert pngs[0][:4] == b"\x89PNG" and pngs[0] != pngs[1]
