@@ -28,7 +28,7 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 from pipeline.boxes import Box, box_mask
-# the stages read boxes through these names; they live in pipeline.boxes
+# older callers read boxes through these names; they live in pipeline.boxes
 from pipeline.boxes import check_boxes, split_boxes  # noqa: F401
 from pipeline.stats import ratio_bootstrap_interval
 
