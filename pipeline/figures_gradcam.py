@@ -1,8 +1,9 @@
 """Overlay PNGs of Grad-CAM heatmaps: the slice, its heatmap, and both with the ground-truth boxes.
 
 Each PNG reads without the code: the title names the volume, slice, split and the boxes' labels,
-the colour bar says what the heatmap values are, and a legend explains the box outline and the
-marker at the heatmap's maximum (the pointing game). Fixed size and dpi, no version stamp:
+the colour bar says what the heatmap values are, and a legend explains the box outline, the
+marker at the heatmap's maximum (the pointing game: white inside a box, orange within the
+tolerance, red a miss) and the dashed circle of the pointing game's tolerance around it. Fixed size and dpi, no version stamp:
 equal inputs give equal bytes.
 """
 from __future__ import annotations
@@ -14,25 +15,28 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.boxes import Box
-from pipeline.roi_scores import pointing_hit
+from pipeline.roi_scores import TOLERANCE_320, pointing_hit
 
 HEAT_CMAP = "jet"
 HEAT_LABEL = "Grad-CAM (1 = the volume's maximum)"
 OVERLAY_ALPHA = 0.6  # opacity of the heatmap at value 1 in the overlay (proportional below)
 PEAK_IN_BOX = "heatmap maximum, inside a box (hit)"
-PEAK_OUT_OF_BOX = "heatmap maximum, outside the boxes (miss)"
+PEAK_NEAR_BOX = "heatmap maximum, within the tolerance of a box (hit at 15 px)"
+PEAK_OUT_OF_BOX = "heatmap maximum, beyond the tolerance (miss)"
+TOLERANCE_COLOR = "magenta"
 
 
 def overlay_png(path: Path | str, image: np.ndarray, heat: np.ndarray, boxes: Sequence[Box],
-                labels: Sequence[str], title: str) -> None:
+                labels: Sequence[str], title: str, tol: float = 0.0, method: str = "Grad-CAM") -> None:
     """Three panels, each with the boxes: the slice, its heatmap with a labelled colour bar, and the
-    heatmap over the slice with the map's maximum (a white cross when inside a box, red when not);
+    heatmap over the slice with the map's maximum (a white cross when inside a box, orange within
+    `tol` px of one, red when not) and, for `tol` > 0, a dashed circle of radius `tol` around it;
     a legend below. `title` names the slice (e.g. "file1000143.h5 slice 6 (test split)"); the box
     labels are added to it."""
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Circle, Patch, Rectangle
 
     from pipeline.figures import BOX_COLOR, BOX_LABEL, save_png
 
@@ -44,8 +48,9 @@ def overlay_png(path: Path | str, image: np.ndarray, heat: np.ndarray, boxes: Se
     axes[0].imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     axes[0].set_title("fully sampled target", fontsize=10)
     im = axes[1].imshow(heat, cmap=HEAT_CMAP, vmin=0, vmax=1, interpolation="nearest")
-    axes[1].set_title("Grad-CAM heatmap", fontsize=10)
-    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.03).set_label(HEAT_LABEL, fontsize=9)
+    axes[1].set_title(f"{method} heatmap", fontsize=10)
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.03).set_label(
+        HEAT_LABEL.replace("Grad-CAM", method), fontsize=9)
     axes[2].imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     rgba = im.cmap(Normalize(0, 1)(heat))
     rgba[..., 3] = OVERLAY_ALPHA * np.clip(heat, 0, 1)  # where the map is ~0 the slice shows through
@@ -57,21 +62,35 @@ def overlay_png(path: Path | str, image: np.ndarray, heat: np.ndarray, boxes: Se
     handles = [Patch(facecolor="none", edgecolor=BOX_COLOR, linewidth=1.4, label=BOX_LABEL)]
     if heat.max() > 0:
         r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
-        hit = pointing_hit(heat, boxes)
+        face, label = peak_marker(heat, boxes, tol)
         style = dict(marker="X", markersize=11, markeredgecolor="black", markeredgewidth=1.0, linestyle="none",
-                     markerfacecolor="white" if hit else "red", label=PEAK_IN_BOX if hit else PEAK_OUT_OF_BOX)
+                     markerfacecolor=face, label=label)
         axes[2].plot([c], [r], **style)
         handles.append(Line2D([], [], **style))
+        if tol > 0:
+            axes[2].add_patch(Circle((c, r), tol, fill=False, edgecolor=TOLERANCE_COLOR, linestyle="--", linewidth=1.0))
+            handles.append(Line2D([], [], color=TOLERANCE_COLOR, linestyle="--", linewidth=1.0, label=(
+                f"pointing-game tolerance ({TOLERANCE_320:g} px at 320, {tol:.1f} px here)")))
     else:
         handles.append(Patch(facecolor="none", edgecolor="none", label="heatmap is 0 everywhere (no maximum)"))
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 2), fontsize=9, frameon=False)
     names = sorted(set(labels))
     what = f"box label{'s' if len(names) != 1 else ''}: {', '.join(names)}" if names else "no boxes"
     fig.suptitle(textwrap.fill(f"{title}; {what}", width=110), fontsize=10)
     save_png(fig, path)
+
+
+def peak_marker(heat: np.ndarray, boxes: Sequence[Box], tol: float) -> tuple[str, str]:
+    """(colour, legend label) of the heatmap-maximum marker: white inside a box, orange within `tol`
+    px of one, red beyond."""
+    if pointing_hit(heat, boxes):
+        return "white", PEAK_IN_BOX
+    if tol > 0 and pointing_hit(heat, boxes, tol):
+        return "orange", PEAK_NEAR_BOX
+    return "red", PEAK_OUT_OF_BOX
 
 
 def pick_evenly(items: Sequence, n: int) -> list:

@@ -9,8 +9,15 @@ gets the map of the evidence for "abnormal" that it holds itself, and a slice wi
 a non-zero map whether or not it wins the max. The slices are independent in this forward pass,
 so one backward pass gives every slice's own gradient.
 
-Grad-CAM (captum's `LayerGradCam`) is taken at `layer` (default `features.10`, AlexNet's last
-convolution): channel weights = spatial mean of the gradient, map = ReLU(sum_k weight_k A_k).
+Class-activation maps are taken at `layer` (default `features.10`, AlexNet's last convolution),
+with gradient g and activation A of that layer's output, per `method`, all through captum:
+- `gradcam` (Selvaraju et al. 2017; captum's `LayerGradCam`): channel weights = spatial mean of g,
+  map = ReLU(sum_k mean(g_k) A_k);
+- `hirescam` (Draelos & Carin 2020; captum's `LayerGradientXActivation`): map = ReLU(sum_k g_k * A_k),
+  element-wise, so the map keeps the gradient's own spatial pattern instead of its mean;
+- `layercam` (Jiang et al. 2021; the gradient from `LayerGradientXActivation` without the
+  multiplication, A from `LayerActivation`): map = ReLU(sum_k ReLU(g_k) * A_k), only the
+  positive gradients count.
 Maps are upsampled (bilinear, each cell at its receptive-field centre) to the crop size,
 optionally Gaussian-smoothed, and divided by the volume's maximum, so they lie in [0, 1] per
 volume and a slice with little evidence stays low.
@@ -39,9 +46,14 @@ from pipeline.store import SPLITS, ShardedWriter, as_str, finish_store, open_sto
 Progress = Optional[Callable[[int], None]]
 
 
+METHODS = ("gradcam", "hirescam", "layercam")
+METHOD_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
+
+
 @dataclass(frozen=True)
 class GradCAMSpec:
     layer: str = "features.10"
+    method: str = "gradcam"         # one of METHODS
     smooth_sigma: float = 1.0       # Gaussian sigma in pixels of the crop; 0 = none
     batch: int = 64                 # slices per forward/backward pass
 
@@ -67,16 +79,37 @@ def explainable(model: MRNet) -> MRNet:
     return model
 
 
-def slice_cams(model: MRNet, x: torch.Tensor, layer: str, batch: int = 64) -> torch.Tensor:
-    """Raw Grad-CAM maps `(S, h, w)` (>= 0) of each slice's own logit, at `layer` resolution."""
-    from captum.attr import LayerGradCam
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise BadValue("method", f"{method!r} is not one of {', '.join(METHODS)}")
+    return method
 
-    cam = LayerGradCam(model.slice_logits, check_layer(model, layer))
+
+def cam_function(model: MRNet, layer: str, method: str = "gradcam") -> Callable[[torch.Tensor], torch.Tensor]:
+    """x `(S, 1, H, W)` -> raw maps `(S, h, w)` (>= 0) of each slice's own logit by `method`."""
+    from captum.attr import LayerActivation, LayerGradCam, LayerGradientXActivation
+
+    module = check_layer(model, layer)
+    check_method(method)
+    if method == "gradcam":
+        cam = LayerGradCam(model.slice_logits, module)
+        return lambda xb: cam.attribute(xb, target=0, relu_attributions=True)[:, 0]
+    if method == "hirescam":
+        gxa = LayerGradientXActivation(model.slice_logits, module)
+        return lambda xb: torch.relu(gxa.attribute(xb, target=0).sum(dim=1))
+    grad = LayerGradientXActivation(model.slice_logits, module, multiply_by_inputs=False)
+    act = LayerActivation(model.slice_logits, module)
+    return lambda xb: torch.relu((torch.relu(grad.attribute(xb, target=0)) * act.attribute(xb)).sum(dim=1))
+
+
+def slice_cams(model: MRNet, x: torch.Tensor, layer: str, batch: int = 64, method: str = "gradcam") -> torch.Tensor:
+    """Raw class-activation maps `(S, h, w)` (>= 0) of each slice's own logit, at `layer`
+    resolution, by `method` (see the module doc)."""
+    cam = cam_function(model, layer, method)
     out = []
     for i in range(0, len(x), batch):
         xb = x[i:i + batch].clone().requires_grad_(True)
-        a = cam.attribute(xb, target=0, relu_attributions=True)
-        out.append(a.detach()[:, 0])
+        out.append(cam(xb).detach())
     return torch.cat(out)
 
 
@@ -123,7 +156,7 @@ def volume_heatmaps(model: MRNet, config: dict, volume: np.ndarray, spec: GradCA
     S, H, W = volume.shape
     size = int(config["image_size"])
     x = prepare_volume(volume, size, float(config["mean"]), float(config["std"]))
-    cams = slice_cams(model, x, spec.layer, spec.batch)
+    cams = slice_cams(model, x, spec.layer, spec.batch, spec.method)
     up = upsample_aligned(cams.float(), feature_geometry(model, spec.layer), size, (H, W))
     heat = up.clamp_min(0).numpy().astype(np.float32)
     if spec.smooth_sigma > 0:
@@ -172,9 +205,10 @@ def write_heatmaps(path: Path | str, slices_path: Path | str, model: MRNet, conf
     shapes = {s: check_slices_split(split_group(slices, s, slices_path), slices_path, s) for s in SPLITS}
     model = explainable(model)
     check_layer(model, spec.layer)
+    check_method(spec.method)
     root = zarr.open_group(str(path), mode="w")
     root.attrs.update({"kind": "heatmaps", "slices": str(slices_path), **asdict(spec),
-                       "scheme": "per-slice logit Grad-CAM, bilinear upsampling, "
+                       "scheme": f"per-slice logit {METHOD_NAMES[spec.method]}, bilinear upsampling, "
                                  "normalised to [0, 1] per volume", **(attrs or {})})
     counts = {}
     for split in SPLITS:
@@ -208,3 +242,50 @@ def annotated_slices(group: zarr.Group, boxes: dict[tuple[str, int], list]) -> l
         if found:
             out.append((row, str(name), int(k), [b for b, _ in found], [lab for _, lab in found]))
     return out
+
+
+# --------------------------------------------------------------------------- data sources
+# The synthetic fastMRI files carry `<institutionName>roirecon synthetic</institutionName>` in their
+# ISMRMRD header (`pipeline.acquisition`); real fastMRI headers name a real institution or none.
+SYNTHETIC_MARKER = b"<institutionName>roirecon synthetic</institutionName>"
+
+
+def raw_files_synthetic(raw_dir: Path | str | None) -> Optional[bool]:
+    """Whether the fastMRI files under `raw_dir` (`{split}/*.h5`) are the synthetic ones, judged by
+    the ISMRMRD header of the first file; None when there is no readable file to tell."""
+    import h5py
+
+    if raw_dir is None:
+        return None
+    files = sorted(Path(str(raw_dir)).glob("*/*.h5"))
+    if not files:
+        return None
+    try:
+        with h5py.File(files[0], "r") as f:
+            header = bytes(np.asarray(f["ismrmrd_header"][()]).tobytes())
+    except (OSError, KeyError):
+        return None
+    return SYNTHETIC_MARKER in header
+
+
+def source_mismatch(model_config: dict, raw_dir: Path | str | None) -> Optional[str]:
+    """One warning line when the classifier and the slices come from different kinds of data, else None.
+
+    The rule: the checkpoint records the classifier's exams as `source` (`synthetic` for the
+    embedded exams; `mrnet` or `kneemri` for real ones); the slices store records the fastMRI files
+    it was built from as `raw_dir`, and those files say whether they are synthetic through their
+    ISMRMRD header (`raw_files_synthetic`). A synthetic-trained MRNet on real slices (or a real-trained
+    one on synthetic slices) explains a different distribution than it learnt; its maps are unlikely
+    to find the lesions. When either side cannot be told (a checkpoint without `source`, raw files
+    not on this machine) nothing is said."""
+    source = model_config.get("source")
+    slices_synthetic = raw_files_synthetic(raw_dir)
+    if source is None or slices_synthetic is None:
+        return None
+    model_synthetic = source == "synthetic"
+    if model_synthetic == slices_synthetic:
+        return None
+    model_kind = "synthetic exams" if model_synthetic else f"real exams ({source})"
+    slices_kind = "synthetic fastMRI files" if slices_synthetic else "real fastMRI files"
+    return (f"warning: MRNet was trained on {model_kind} but the slices come from {slices_kind} ({raw_dir}): "
+            f"its heatmaps explain data unlike what it learnt")

@@ -1,15 +1,17 @@
 """How well the Grad-CAM heatmaps find the lesions: scores on the annotated slices of one split
-(pointing game, energy in box, per label: `pipeline.roi_scores.score_slices`) and overlay PNGs of a
-few of those slices, picked evenly (`pipeline.figures_gradcam`)."""
+(pointing game at tolerance 0 and 15 px of the 320 frame, energy in box, chance levels, overall and
+per label, with cluster-bootstrap intervals over volumes: `pipeline.roi_scores.score_slices`) and
+overlay PNGs of a few of those slices, picked evenly (`pipeline.figures_gradcam`)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import zarr
 
 from pipeline.figures_gradcam import overlay_png, pick_evenly
-from pipeline.gradcam import annotated_slices, check_slices_split
+from pipeline.gradcam import METHOD_NAMES, annotated_slices, check_slices_split
 from pipeline.roi_scores import score_slices
 from pipeline.store import SPLITS, open_store, split_group
 
@@ -21,18 +23,23 @@ def slices_shapes(slices_path: Path | str) -> dict[str, tuple[int, int]]:
 
 
 def score_heatmaps(heatmaps_path: Path | str, slices_path: Path | str, split: str,
-                   boxes: dict[tuple[str, int], list], n_overlays: int, overlays_dir: Path | str) -> dict:
-    """Scores of the split's heatmaps on its slices with boxes (`boxes` as `split_boxes` gives them),
+                   boxes: dict[tuple[str, int], list], n_overlays: int, overlays_dir: Path | str,
+                   tolerances: Mapping[str, float], method: str = "gradcam", n_resamples: int = 10000,
+                   seed: int = 0) -> dict:
+    """Scores of the split's heatmaps on its slices with boxes (`boxes` as `split_boxes` gives them;
+    `tolerances`: {volume: pointing-game tolerance in px}, `pipeline.roi_scores.frame_tolerances`),
     and `n_overlays` of those slices drawn into `overlays_dir` (created, empty when there are none)
     as `<volume stem>_s<slice>.png`."""
     heat = zarr.open_group(str(heatmaps_path), mode="r")[split]
     rows = annotated_slices(heat, boxes)
     maps = heat["heatmap"]
-    scores = score_slices((maps[r], b, labels) for r, _, _, b, labels in rows)
+    scores = score_slices(((name, maps[r], b, labels, tolerances[name]) for r, name, _, b, labels in rows),
+                          n_resamples=n_resamples, seed=seed)
     targets = open_store(slices_path, kind="slices")[split]["target"]
     overlays_dir = Path(overlays_dir)
     overlays_dir.mkdir(parents=True)
     for r, name, k, b, labels in pick_evenly(rows, n_overlays):
         overlay_png(overlays_dir / f"{Path(name).stem}_s{k:03d}.png", np.asarray(targets[r]), np.asarray(maps[r]),
-                    b, labels, f"MRNet Grad-CAM, {name} slice {k} ({split} split)")
+                    b, labels, f"MRNet {METHOD_NAMES.get(method, method)}, {name} slice {k} ({split} split)",
+                    tol=tolerances[name], method=METHOD_NAMES.get(method, method))
     return scores

@@ -108,3 +108,28 @@ def volumes_needed(sd: float, half_width: float, confidence: float = CONFIDENCE)
     """Volumes for a paired interval of +-half_width when the per-volume differences have SD `sd`."""
     z = stats.norm.ppf(0.5 + confidence / 2)
     return int(math.ceil((z * sd / half_width) ** 2))
+
+
+def ratio_bootstrap_interval(num: np.ndarray, den: np.ndarray, n_resamples: int = 10000, seed: int = 0,
+                             confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Cluster bootstrap interval of the pooled ratio sum(num) / sum(den), one (num, den) per cluster
+    (e.g. per volume: hits and annotated slices): clusters are resampled with replacement and the
+    ratio recomputed over the slices they pool (scipy.stats.bootstrap, paired, BCa, seeded).
+    Equal per-cluster ratios give (r, r); fewer than 2 clusters NaN."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if num.size < 2:
+        return math.nan, math.nan
+    per = num / den
+    if np.ptp(per) == 0:
+        return float(per[0]), float(per[0])
+
+    def ratio(n: np.ndarray, d: np.ndarray, axis: int = -1) -> np.ndarray:
+        return n.sum(axis=axis) / d.sum(axis=axis)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((num, den), ratio, n_resamples=n_resamples, confidence_level=confidence,
+                              method="BCa", paired=True, vectorized=True,
+                              random_state=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
+    return float(lo), float(hi)

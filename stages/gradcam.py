@@ -1,4 +1,5 @@
-"""gradcam: MRNet Grad-CAM ROI heatmaps for every slice of the slices store, scored against boxes."""
+"""gradcam: MRNet class-activation (Grad-CAM) ROI heatmaps for every slice of the slices store, scored
+against boxes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,8 @@ import typer
 from stages.app import PARAMS_OPTION, app, named, stage
 
 SCORED_SPLIT = "test"
+# the intervals of the localisation scores: fixed, not params (the same maps always give the same numbers)
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 10000, 0
 
 
 @app.command("gradcam")
@@ -19,6 +22,8 @@ def gradcam_cmd(
     annotations: Optional[Path] = typer.Option(None, help="fastMRI+ knee.csv-style boxes (default: data.annotations)"),
     out: Path = typer.Option(Path("data/heatmaps.zarr"), help="heatmaps store to write"),
     metrics: Path = typer.Option(Path("reports/gradcam.json"), help="pointing game / energy in box (JSON)"),
+    detail: Path = typer.Option(Path("reports/gradcam_detail.json"),
+                                help="every score with its interval, per label (JSON)"),
     overlays: Path = typer.Option(Path("reports/gradcam"), help="directory for overlay PNGs"),
     params: Path = PARAMS_OPTION,
 ) -> None:
@@ -27,37 +32,52 @@ def gradcam_cmd(
     Reads: data/slices.zarr, models/mrnet.pt, data.annotations.
 
     Writes: data/heatmaps.zarr (heatmap in [0, 1] per slice, aligned with the slices store),
-    reports/gradcam.json (pointing game, energy in box on annotated test slices), reports/gradcam/*.png.
+    reports/gradcam.json (pointing game at 0 and 15 px, energy in box, chance on annotated test
+    slices), reports/gradcam_detail.json (the same with 95% bootstrap intervals over volumes, per
+    label), reports/gradcam/*.png.
 
     Params: gradcam.*, data.annotations, data.annotation_frame."""
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
-    from pipeline.gradcam import GradCAMSpec, check_layer, write_heatmaps
+    from pipeline.boxes import check_boxes, split_boxes
+    from pipeline.gradcam import GradCAMSpec, check_layer, source_mismatch, write_heatmaps
     from pipeline.gradcam_report import score_heatmaps, slices_shapes
     from pipeline.models.mrnet import load_mrnet
     from pipeline.reports import write_json
-    from pipeline.boxes import split_boxes
-    from pipeline.store import atomic_path
+    from pipeline.roi_scores import frame_tolerances, tracked_scores
+    from pipeline.store import atomic_path, open_store
     from stages.progress import bar
     from stages.settings import load_params
 
     p = load_params(params)
     g = p.gradcam
-    spec = GradCAMSpec(layer=g.layer, smooth_sigma=g.smooth_sigma)
+    spec = GradCAMSpec(layer=g.layer, smooth_sigma=g.smooth_sigma, method=g.method)
     net, config = load_mrnet(model)
     with named(layer="gradcam.layer"):
         check_layer(net, spec.layer)
     shapes = slices_shapes(slices)
+    warning = source_mismatch(config, open_store(slices, kind="slices").attrs.get("raw_dir"))
+    if warning:
+        typer.echo(f"gradcam: {warning}", err=True)
     ann = annotations or (Path(p.data.annotations) if p.data.annotations else None)
     # the boxes are read and checked before the long part
-    boxes = split_boxes(ann, slices, SCORED_SPLIT, shapes[SCORED_SPLIT][1], p.data.annotation_frame,
+    checked = check_boxes(ann, slices, p.data.annotation_frame, "data.annotation_frame") if ann else None
+    boxes = split_boxes(checked, slices, SCORED_SPLIT, shapes[SCORED_SPLIT][1], p.data.annotation_frame,
                         "data.annotation_frame")
+    tolerances = frame_tolerances(checked.frames) if checked else {}
     with atomic_path(out) as tmp_out, atomic_path(overlays) as tmp_fig:
         with bar(sum(n for n, _ in shapes.values()), "gradcam") as update:
             counts = write_heatmaps(tmp_out, slices, net, config, spec, progress=update,
                                     attrs={"model": str(model), "annotations": str(ann)})
-        scores = score_heatmaps(tmp_out, slices, SCORED_SPLIT, boxes, g.n_overlays, tmp_fig)
-        write_json(metrics, {SCORED_SPLIT: scores, "layer": spec.layer, "smooth_sigma": spec.smooth_sigma,
-                             "annotations": str(ann) if ann else None, "slices": counts})
+        scores = score_heatmaps(tmp_out, slices, SCORED_SPLIT, boxes, g.n_overlays, tmp_fig, tolerances,
+                                method=spec.method, n_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+        about = {"method": spec.method, "layer": spec.layer, "smooth_sigma": spec.smooth_sigma,
+                 "annotations": str(ann) if ann else None}
+        write_json(detail, {"split": SCORED_SPLIT, **about, **scores, "bootstrap": {
+            "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
+            "method": "BCa, volumes resampled, slice-pooled ratio"}})
+        write_json(metrics, {SCORED_SPLIT: tracked_scores(scores), **about, "slices": counts})
+    o = scores["overall"]
     typer.echo(f"gradcam: {out} ({', '.join(f'{s} {n}' for s, n in counts.items())} slices); "
-               f"{SCORED_SPLIT}: pointing game {scores['pointing_game']:.3f}, energy in box "
-               f"{scores['energy_in_box']:.3f} (chance {scores['chance']:.3f}) over {scores['n_slices']} annotated slices")
+               f"{SCORED_SPLIT}: pointing game {o['pointing_game']['mean']:.3f}, at 15 px "
+               f"{o['pointing_game_15px']['mean']:.3f}, energy in box {o['energy_in_box']['mean']:.3f} "
+               f"(chance {o['chance']['mean']:.3f}) over {o['n_slices']} annotated slices")

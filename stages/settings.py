@@ -101,6 +101,10 @@ class MRNetSettings(Section):
 
 
 class GradCAMSettings(Section):
+    # the class-activation methods of pipeline.gradcam.METHODS (spelled out here: importing the
+    # library would put torch and captum in every stage's import closure; tests/test_settings.py
+    # checks the two lists agree)
+    method: Literal["gradcam", "hirescam", "layercam"]
     layer: str
     smooth_sigma: float = Field(ge=0)
     n_overlays: int = Field(ge=0)

@@ -42,6 +42,7 @@ def summary_cmd(
         ("per-volume metrics", reports / "per_volume.csv"), ("figures", reports / "figures"),
         ("error maps", reports / "error_maps"), ("Grad-CAM overlays", reports / "gradcam"),
         ("MRNet metrics", reports / "mrnet.json"), ("Grad-CAM metrics", reports / "gradcam.json"),
+        ("Grad-CAM detail", reports / "gradcam_detail.json"),
         ("training curves", reports / "live" / "unet"),
     ]
     for label, path in where:

@@ -10,11 +10,14 @@ import pytest
 import torch
 import zarr
 
-from pipeline.gradcam import (GradCAMSpec, as_str, explainable, feature_geometry, slice_cams, upsample_aligned,
-                              volume_heatmaps)
+from pipeline.errors import BadValue
+from pipeline.gradcam import (METHODS, GradCAMSpec, as_str, explainable, feature_geometry, slice_cams,
+                              upsample_aligned, volume_heatmaps)
 from pipeline.models.mrnet import MRNet, prepare_volume, save_mrnet
 from pipeline.boxes import crop_boxes, slice_boxes, split_boxes, without_labels
-from pipeline.roi_scores import energy_in_boxes, pointing_hit, score_slices
+from pipeline.roi_scores import (energy_in_boxes, near_boxes, pointing_hit, score_slices, tolerance_px,
+                                 tracked_scores)
+from pipeline.stats import ratio_bootstrap_interval
 from pipeline.store import check_aligned, finish_store, open_store, split_group
 from tests.helpers import run_cli, write_params
 
@@ -29,11 +32,82 @@ def test_pointing_game_and_energy():
     assert not pointing_hit(np.zeros((10, 10)), [(0, 0, 10, 10)])
     assert energy_in_boxes(heat, [(1, 2, 3, 3)]) == pytest.approx(1 / 1.5)
     assert energy_in_boxes(heat, [(1, 2, 3, 3), (7, 7, 2, 2)]) == pytest.approx(1.0)
-    s = score_slices([(heat, [(1, 2, 3, 3)], ["a"]), (heat, [(7, 7, 2, 2)], ["b"])])
-    assert s["n_slices"] == 2 and s["pointing_game"] == 0.5
-    assert s["energy_in_box"] == pytest.approx((1 / 1.5 + 0.5 / 1.5) / 2)
-    assert s["chance"] == pytest.approx((9 + 4) / 2 / 100)
-    assert s["pointing_game_by_label"] == {"a": {"n": 1, "pointing_game": 1.0}, "b": {"n": 1, "pointing_game": 0.0}}
+    s = score_slices([("v1", heat, [(1, 2, 3, 3)], ["a"], 0.0), ("v2", heat, [(7, 7, 2, 2)], ["b"], 0.0)])
+    o = s["overall"]
+    assert o["n_slices"] == 2 and o["n_volumes"] == 2 and o["pointing_game"]["mean"] == 0.5
+    assert o["energy_in_box"]["mean"] == pytest.approx((1 / 1.5 + 0.5 / 1.5) / 2)
+    assert o["chance"]["mean"] == pytest.approx((9 + 4) / 2 / 100)
+    assert {k: (v["n_slices"], v["pointing_game"]["mean"]) for k, v in s["by_label"].items()} == \
+        {"a": (1, 1.0), "b": (1, 0.0)}
+    tracked = tracked_scores(s)
+    assert tracked == {"n_slices": 2, "pointing_game": 0.5, "pointing_game_15px": 0.5,
+                       "energy_in_box": pytest.approx((1 / 1.5 + 0.5 / 1.5) / 2), "chance": pytest.approx(0.065)}
+
+
+def test_fifteen_px_tolerance_turns_a_near_miss_into_a_hit():
+    heat = np.zeros((128, 128), np.float32)
+    heat[50, 70] = 1.0                              # 6 columns right of the box's last column (64)
+    box = [(50, 60, 5, 5)]                          # rows 50..54, cols 60..64
+    assert tolerance_px((128, 128)) == pytest.approx(6.0)    # 15 px at 320 -> 6 px in a 128 frame
+    assert tolerance_px((320, 320)) == pytest.approx(15.0)
+    assert not pointing_hit(heat, box)
+    assert pointing_hit(heat, box, tolerance_px((128, 128)))
+    assert not pointing_hit(heat, box, tolerance_px((100, 100)))   # 4.7 px: still a miss
+    # Euclidean, not a square dilation: 2 rows below and 6 columns right is 6.32 px away
+    diag = np.zeros((128, 128), np.float32)
+    diag[56, 70] = 1.0
+    assert not pointing_hit(diag, box, 6.0) and pointing_hit(diag, box, 6.33)
+    # the 15 px chance level is the dilated box's area share
+    near = near_boxes((128, 128), box, 6.0)
+    assert near.sum() > 25 and near[52, 70] and not near[52, 71] and not near[44, 59]
+    s = score_slices([("v", heat, box, ["Meniscus Tear"], 6.0)])["overall"]
+    assert s["pointing_game"]["mean"] == 0.0 and s["pointing_game_15px"]["mean"] == 1.0
+    assert s["chance"]["mean"] == pytest.approx(25 / 128 ** 2)
+    assert s["chance_15px"]["mean"] == pytest.approx(near.sum() / 128 ** 2)
+
+
+def test_energy_share_of_a_known_map_and_its_chance_level():
+    heat = np.full((20, 20), 0.5, np.float32)
+    heat[2:5, 3:7] = 1.0                            # the box: 12 px at 1, 388 px at 0.5
+    box = [(2, 3, 3, 4)]
+    assert energy_in_boxes(heat, box) == pytest.approx(12 / (12 + 0.5 * 388))
+    assert energy_in_boxes(np.ones((20, 20)), box) == pytest.approx(12 / 400)   # uniform map = chance
+    s = score_slices([("v", heat, box, ["x"], 0.0), ("v", np.ones((20, 20)), box, ["x"], 0.0)])["overall"]
+    assert s["energy_in_box"]["mean"] == pytest.approx((12 / 206 + 12 / 400) / 2)
+    assert s["chance"]["mean"] == pytest.approx(12 / 400)
+
+
+def test_scores_pool_slices_and_bootstrap_over_volumes():
+    hit, miss = np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32)
+    hit[1, 1] = 1.0
+    miss[6, 6] = 1.0
+    box = [(0, 0, 3, 3)]
+    # v0: 1 slice, a hit; v1: 9 slices, 3 hits; v2..v5: 2 slices, 1 hit each
+    items = [("v0", hit, box, ["a"], 0.0)]
+    items += [("v1", hit if i < 3 else miss, box, ["a"], 0.0) for i in range(9)]
+    items += [(f"v{k}", m, box, ["a"], 0.0) for k in range(2, 6) for m in (hit, miss)]
+    o = score_slices(items, n_resamples=2000, seed=0)["overall"]
+    pg = o["pointing_game"]
+    # slice-pooled (8 hits / 18 slices), not the mean of the volume rates (0.5 + ...) / 6
+    assert pg["mean"] == pytest.approx(8 / 18) and pg["mean"] != pytest.approx((1 + 1 / 3 + 4 * 0.5) / 6)
+    assert 0 <= pg["ci95_low"] < pg["mean"] < pg["ci95_high"] <= 1
+    assert o["n_volumes"] == 6 and o["n_slices"] == 18
+    # the same interval from the helper, resampling volumes (hits, slices)
+    lo, hi = ratio_bootstrap_interval(np.array([1, 3, 1, 1, 1, 1]), np.array([1, 9, 2, 2, 2, 2]), 2000, 0)
+    assert (pg["ci95_low"], pg["ci95_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    # equal rates in every volume: a zero-width interval; one volume: none
+    assert ratio_bootstrap_interval(np.array([1, 2]), np.array([2, 4])) == (0.5, 0.5)
+    assert all(np.isnan(ratio_bootstrap_interval(np.array([1]), np.array([2]))))
+
+
+def test_per_label_scores_use_that_labels_boxes():
+    heat = np.zeros((16, 16), np.float32)
+    heat[2, 2] = 1.0
+    s = score_slices([("v", heat, [(0, 0, 4, 4), (10, 10, 4, 4)], ["Meniscus Tear", "Bone- Subchondral edema"], 0.0)])
+    assert s["overall"]["pointing_game"]["mean"] == 1.0
+    assert s["by_label"]["Meniscus Tear"]["pointing_game"]["mean"] == 1.0
+    assert s["by_label"]["Bone- Subchondral edema"]["pointing_game"]["mean"] == 0.0
+    assert s["by_label"]["Bone- Subchondral edema"]["chance"]["mean"] == pytest.approx(16 / 256)
 
 
 def test_boxes_follow_fastmri_plus_flip_and_center_crop():
@@ -125,6 +199,70 @@ def test_captum_gradcam_matches_the_definition():
     torch.testing.assert_close(cams, ref.detach(), rtol=1e-4, atol=1e-6)
 
 
+def test_gradcam_method_is_the_previous_implementation_bit_for_bit():
+    """`gradcam` (the default) runs exactly the code it ran before `gradcam.method` existed."""
+    from captum.attr import LayerGradCam
+    torch.manual_seed(1)
+    model = explainable(MRNet())
+    torch.nn.init.normal_(model.classifier.weight)
+    x = torch.randn(5, 1, 96, 96)
+    cam = LayerGradCam(model.slice_logits, model.features[10])     # the previous slice_cams, batch 2
+    old = torch.cat([cam.attribute(x[i:i + 2].clone().requires_grad_(True), target=0,
+                                   relu_attributions=True).detach()[:, 0] for i in range(0, 5, 2)])
+    assert torch.equal(slice_cams(model, x, "features.10", batch=2), old)
+    assert torch.equal(slice_cams(model, x, "features.10", batch=2, method="gradcam"), old)
+    assert GradCAMSpec().method == "gradcam"
+
+
+@pytest.mark.parametrize("layer", ["features.10", "features.6"])
+def test_hirescam_and_layercam_match_their_definitions_and_differ(layer):
+    torch.manual_seed(0)
+    model = explainable(MRNet())
+    torch.nn.init.normal_(model.classifier.weight)
+    x = torch.randn(3, 1, 96, 96)
+    upto = int(layer.split(".")[1]) + 1
+    a = model.features[:upto](x.expand(-1, 3, -1, -1).requires_grad_(True))
+    logits = model.classifier(model.features[upto:](a).mean(dim=(2, 3)))
+    g = torch.autograd.grad(logits.sum(), a)[0]
+    a = a.detach()
+    refs = {"gradcam": torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1)),
+            "hirescam": torch.relu((g * a).sum(1)),
+            "layercam": torch.relu((torch.relu(g) * a).sum(1))}
+    maps = {m: slice_cams(model, x, layer, method=m) for m in METHODS}
+    for m in METHODS:
+        torch.testing.assert_close(maps[m], refs[m], rtol=1e-4, atol=1e-6)
+        assert maps[m].min() >= 0 and maps[m].max() > 0, m
+    for m1, m2 in (("gradcam", "hirescam"), ("gradcam", "layercam"), ("hirescam", "layercam")):
+        assert not torch.allclose(maps[m1], maps[m2], rtol=1e-2, atol=1e-4), (m1, m2)
+    with pytest.raises(BadValue, match="method"):
+        slice_cams(model, x, layer, method="gradcam++")
+
+
+def test_source_mismatch_rule(tmp_path):
+    import h5py
+
+    from pipeline.gradcam import SYNTHETIC_MARKER, source_mismatch
+
+    def raw(name: str, header: bytes) -> Path:
+        (tmp_path / name / "val").mkdir(parents=True)
+        with h5py.File(tmp_path / name / "val" / "file1.h5", "w") as f:
+            f.create_dataset("ismrmrd_header", data=np.bytes_(header))
+        return tmp_path / name
+
+    synthetic = raw("synthetic", b"<ismrmrdHeader>" + SYNTHETIC_MARKER + b"</ismrmrdHeader>")
+    real = raw("real", b"<ismrmrdHeader><institutionName>NYU</institutionName></ismrmrdHeader>")
+    assert source_mismatch({"source": "synthetic"}, synthetic) is None
+    assert source_mismatch({"source": "kneemri"}, real) is None
+    line = source_mismatch({"source": "synthetic"}, real)
+    assert "trained on synthetic exams" in line and "real fastMRI files" in line and "\n" not in line
+    line = source_mismatch({"source": "mrnet"}, synthetic)
+    assert "real exams (mrnet)" in line and "synthetic fastMRI files" in line
+    # nothing to tell from: no source recorded, raw files absent
+    assert source_mismatch({}, real) is None
+    assert source_mismatch({"source": "synthetic"}, tmp_path / "absent") is None
+    assert source_mismatch({"source": "synthetic"}, None) is None
+
+
 def test_every_lesion_slice_gets_a_map_at_its_lesion():
     model, config = bright_spot_mrnet()
     model = explainable(model)
@@ -178,12 +316,13 @@ def model_file(tmp_path_factory):
     return path
 
 
-def _gradcam(root: Path, model: Path, out: Path, *extra: str):
+def _gradcam(root: Path, model: Path, out: Path, *extra: str, method: str = "gradcam"):
     params = write_params(out / "params.yaml", data={"annotations": str(root / "synthetic/annotations.csv")},
-                          gradcam={"n_overlays": 3})
+                          gradcam={"n_overlays": 3, "method": method})
     return run_cli("gradcam", "--slices", root / "slices.zarr", "--model", model,
                    "--annotations", root / "synthetic/annotations.csv", "--out", out / "heatmaps.zarr",
-                   "--metrics", out / "gradcam.json", "--overlays", out / "overlays", "--params", params, *extra)
+                   "--metrics", out / "gradcam.json", "--detail", out / "gradcam_detail.json",
+                   "--overlays", out / "overlays", "--params", params, *extra)
 
 
 def test_gradcam_stage_writes_aligned_store_scores_and_overlays(tiny_data, model_file, tmp_path):
@@ -216,7 +355,24 @@ def test_gradcam_stage_writes_aligned_store_scores_and_overlays(tiny_data, model
     maps = [h["heatmap"][row[key]] for key in annotated]
     assert test["pointing_game"] == pytest.approx(np.mean([pointing_hit(m, boxes[k]) for m, k in zip(maps, annotated)]))
     assert test["energy_in_box"] == pytest.approx(np.mean([energy_in_boxes(m, boxes[k]) for m, k in zip(maps, annotated)]))
-    assert report["slices"] == {"train": 4, "val": 4, "test": 8}
+    # 15 px in the 320 frame is 3 px in the tiny data's 64 frame
+    assert test["pointing_game_15px"] == pytest.approx(
+        np.mean([pointing_hit(m, boxes[k], 3.0) for m, k in zip(maps, annotated)]))
+    assert set(test) == {"n_slices", "pointing_game", "pointing_game_15px", "energy_in_box", "chance"}
+    assert report["slices"] == {"train": 4, "val": 4, "test": 8} and report["method"] == "gradcam"
+    # the detail: every number with its interval over volumes, overall and per label
+    detail = json.loads((tmp_path / "gradcam_detail.json").read_text())
+    assert detail["tolerance_px"] == [3.0] and detail["split"] == "test"
+    o = detail["overall"]
+    assert o["n_slices"] == test["n_slices"] and o["n_volumes"] == 2
+    for q in ("pointing_game", "pointing_game_15px", "energy_in_box", "chance", "chance_15px"):
+        assert set(o[q]) == {"mean", "ci95_low", "ci95_high"}
+        assert o[q]["ci95_low"] is None or o[q]["ci95_low"] <= o[q]["mean"] <= o[q]["ci95_high"]
+    assert o["pointing_game_15px"]["mean"] == test["pointing_game_15px"]
+    test_labels = {r.label for r in ann.itertuples() if f"{r.file}.h5" in test_names}
+    assert set(detail["by_label"]) == test_labels
+    assert sum(v["n_slices"] for v in detail["by_label"].values()) >= o["n_slices"]
+    assert "warning" not in res.stderr         # a hand-built model records no source: nothing to tell
     # gradcam.n_overlays = 3 PNGs, each of an annotated test slice
     pngs = sorted((tmp_path / "overlays").glob("*.png"))
     assert len(pngs) == min(3, len(annotated)) and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
@@ -225,7 +381,7 @@ def test_gradcam_stage_writes_aligned_store_scores_and_overlays(tiny_data, model
 
 
 def _outputs(d: Path):
-    return [d / "heatmaps.zarr", d / "gradcam.json", d / "overlays"]
+    return [d / "heatmaps.zarr", d / "gradcam.json", d / "gradcam_detail.json", d / "overlays"]
 
 
 def test_gradcam_stage_bad_inputs(tiny_data, model_file, tmp_path):
@@ -273,3 +429,81 @@ def test_gradcam_stage_bad_inputs(tiny_data, model_file, tmp_path):
                   "--annotations", tiny_data / "synthetic/annotations.csv", "--out", d / "heatmaps.zarr",
                   "--metrics", d / "gradcam.json", "--overlays", d / "overlays", "--params", params)
     assert res.exit_code == 1 and "gradcam.layer" in res.stderr
+
+
+def test_gradcam_warns_once_when_model_and_slices_differ_in_source(tiny_data, tmp_path):
+    """An MRNet trained on real exams (source mrnet) explaining the synthetic slices: one warning line."""
+    model, config = bright_spot_mrnet(threshold=60.0)
+    for source, warned in (("mrnet", 1), ("synthetic", 0)):
+        d = tmp_path / source
+        d.mkdir()
+        save_mrnet(d / "mrnet.pt", model, {**config, "source": source})
+        res = _gradcam(tiny_data, d / "mrnet.pt", d, method="layercam")
+        assert res.exit_code == 0, res.output
+        assert res.stderr.count("warning:") == warned, res.stderr
+        if warned:
+            line, = [ln for ln in res.stderr.splitlines() if "warning" in ln]
+            assert "real exams (mrnet)" in line and "synthetic fastMRI files" in line
+    # the method reaches the maps and the reports
+    assert json.loads((d / "gradcam.json").read_text())["method"] == "layercam"
+    assert open_store(d / "heatmaps.zarr", kind="heatmaps").attrs["method"] == "layercam"
+
+
+def test_gradcam_methods_benchmark_on_val(tiny_data, model_file, tmp_path, capsys):
+    """benchmarks/gradcam_methods.py: every method x layer scored on val, as the stage scores test."""
+    from benchmarks.gradcam_methods import main
+    from pipeline.roi_scores import frame_tolerances
+    from pipeline.boxes import check_boxes
+
+    out = tmp_path / "bench.json"
+    params = write_params(tmp_path / "params.yaml", data={"annotations": str(tiny_data / "synthetic/annotations.csv")})
+    assert main(["--slices", str(tiny_data / "slices.zarr"), "--model", str(model_file), "--params", str(params),
+                 "--layers", "features.6,features.10", "--resamples", "1000", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["split"] == "val"
+    assert [(r["method"], r["layer"]) for r in result["results"]] == \
+        [(m, lay) for m in METHODS for lay in ("features.6", "features.10")]
+    # gradcam at features.10: the numbers of score_slices on the maps the stage would write for val
+    ann = tiny_data / "synthetic/annotations.csv"
+    val_boxes = split_boxes(ann, tiny_data / "slices.zarr", "val", 64)
+    assert val_boxes, "the tiny val split needs annotated slices"
+    model, config = bright_spot_mrnet(threshold=60.0)
+    model = explainable(model)
+    g = open_store(tiny_data / "slices.zarr", kind="slices")["val"]
+    names, idx = as_str(g["volume"][:]), g["slice"][:]
+    tol = frame_tolerances(check_boxes(ann, tiny_data / "slices.zarr").frames)
+    items = []
+    for name in sorted(set(names)):
+        sel = np.flatnonzero(names == name)
+        heat = volume_heatmaps(model, config, g["target"][sel[0]:sel[-1] + 1], GradCAMSpec(layer="features.10"))
+        for j, r in enumerate(sel):
+            found = val_boxes.get((name, int(idx[r])))
+            if found:
+                items.append((name, heat[j], [b for b, _ in found], [lab for _, lab in found], tol[name]))
+    expected = score_slices(items, n_resamples=1000)["overall"]
+    got, = [r["overall"] for r in result["results"] if (r["method"], r["layer"]) == ("gradcam", "features.10")]
+    assert got["n_slices"] == len(val_boxes) == expected["n_slices"]
+    for q in ("pointing_game", "pointing_game_15px", "energy_in_box", "chance"):
+        assert got[q]["mean"] == pytest.approx(expected[q]["mean"])
+    table = capsys.readouterr().out
+    assert table.count("\n| ") == len(METHODS) * 2 + 1 and "| HiResCAM | `features.6` |" in table
+
+
+def test_overlay_marks_the_peak_and_the_tolerance(tmp_path):
+    """The overlay's maximum marker follows the pointing game at 0 and at the tolerance; the circle
+    of the tolerance changes the picture."""
+    from pipeline import figures_gradcam as fg
+
+    heat = np.zeros((64, 64), np.float32)
+    heat[20, 30] = 1.0                                   # 3 columns right of the box (cols 22..27)
+    box = [(18, 22, 5, 6)]
+    assert fg.peak_marker(heat, box, 0.0) == ("red", fg.PEAK_OUT_OF_BOX)
+    assert fg.peak_marker(heat, box, 2.9) == ("red", fg.PEAK_OUT_OF_BOX)
+    assert fg.peak_marker(heat, box, 3.0) == ("orange", fg.PEAK_NEAR_BOX)
+    assert fg.peak_marker(heat, [(18, 22, 5, 9)], 3.0) == ("white", fg.PEAK_IN_BOX)
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    pngs = []
+    for tol in (0.0, 3.0):
+        fg.overlay_png(tmp_path / f"t{tol}.png", img, heat, box, ["Meniscus Tear"], "t", tol=tol)
+        pngs.append((tmp_path / f"t{tol}.png").read_bytes())
+    assert pngs[0][:4] == b"\x89PNG" and pngs[0] != pngs[1]

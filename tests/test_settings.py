@@ -35,6 +35,7 @@ def test_yaml_12_floats(tmp_path):
     ({"mask": {"typo": 1}}, "mask.typo: unknown key"),
     ({"synthetic": {"volumes": {"train": 0, "val": 1, "test": 1}}}, "synthetic.volumes"),
     ({"seed": 1.5}, "seed"),
+    ({"gradcam": {"method": "gradcam++"}}, "gradcam.method"),
 ])
 def test_bad_values_name_the_key(tmp_path, sections, key):
     f = write_params(tmp_path / "p.yaml", **sections)
@@ -47,3 +48,12 @@ def test_unparseable(tmp_path):
     f.write_text("data: [unclosed\n")
     with pytest.raises(InputError, match="not valid YAML"):
         load_params(f)
+
+
+def test_gradcam_methods_are_the_librarys():
+    """settings spells the class-activation methods out (no torch import); they must be the library's."""
+    import typing
+
+    from pipeline.gradcam import METHODS
+    from stages.settings import GradCAMSettings
+    assert typing.get_args(GradCAMSettings.model_fields["method"].annotation) == METHODS
