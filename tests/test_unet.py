@@ -248,6 +248,40 @@ def test_resume_after_interruption_gives_the_same_weights(stores, tmp_path):
     assert res.resumed_from == 0
 
 
+def test_changed_training_code_starts_afresh(stores, tmp_path, monkeypatch):
+    """dvc reruns a train stage when its code changes: that run must not resume epochs the old
+    code trained (the resume key holds a digest of the training modules' source)."""
+    import pipeline.training.unet as tu
+    train, val = _splits(stores)
+    cfg = _cfg(epochs=2)
+    key = cfg.key(train.fingerprint())
+    assert key == cfg.key(train.fingerprint())          # stable for the same code
+
+    def interrupt(epoch, metrics):
+        if epoch == 0:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train_unet(train, val, cfg, tmp_path / "a.pt", checkpoint_dir=tmp_path / "ckpt", on_epoch=interrupt)
+    real = tu.training_code_digest()
+    monkeypatch.setattr(tu, "training_code_digest", lambda: "0" * 16)     # the code changed
+    assert cfg.key(train.fingerprint()) != key
+    res = train_unet(train, val, cfg, tmp_path / "b.pt", checkpoint_dir=tmp_path / "ckpt")
+    assert res.resumed_from == 0 and res.epochs_run == 2
+    monkeypatch.setattr(tu, "training_code_digest", lambda: real)          # the old code again: resumes
+    res = train_unet(train, val, cfg, tmp_path / "c.pt", checkpoint_dir=tmp_path / "ckpt")
+    assert res.resumed_from == 1 and res.epochs_run == 1
+
+
+def test_training_code_digest_follows_the_sources(monkeypatch, tmp_path):
+    import importlib
+    import pipeline.training.unet as tu
+    before = tu.training_code_digest()
+    copy = tmp_path / "losses.py"
+    copy.write_bytes(Path(importlib.import_module("pipeline.losses").__file__).read_bytes() + b"\n# edited\n")
+    monkeypatch.setattr(importlib.import_module("pipeline.losses"), "__file__", str(copy))
+    assert tu.training_code_digest() != before
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(stores, tmp_path, monkeypatch):
     from pipeline import losses
     train, val = _splits(stores)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -86,10 +87,27 @@ class TrainConfig:
         return asdict(self)
 
     def key(self, data_fingerprint: str) -> str:
-        """Hash of everything that shapes the run except the device (a run may resume elsewhere)."""
+        """Hash of everything that shapes the run except the device (a run may resume elsewhere):
+        config, data and the training code, so that a run after a code change starts afresh
+        instead of resuming epochs trained by the old code."""
         d = {k: v for k, v in self.as_dict().items() if k != "device"}
-        blob = json.dumps({"config": d, "data": data_fingerprint}, sort_keys=True).encode()
+        blob = json.dumps({"config": d, "data": data_fingerprint, "code": training_code_digest()},
+                          sort_keys=True).encode()
         return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+# The modules whose source shapes a training run: what this module and the data path run.
+TRAINING_CODE = ("pipeline.training.unet", "pipeline.training.device", "pipeline.losses", "pipeline.metrics",
+                 "pipeline.unet_data", "pipeline.store", "pipeline.inference", "pipeline.models.registry",
+                 "pipeline.models.unet_seed")
+
+
+def training_code_digest() -> str:
+    """Digest of the source files of TRAINING_CODE (the same on every rank and machine)."""
+    h = hashlib.blake2b(digest_size=8)
+    for name in TRAINING_CODE:
+        h.update(name.encode() + b"\0" + Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()
 
 
 @dataclass
