@@ -111,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "reports/bench/gradcam_methods.json")
     args = ap.parse_args(argv)
     p = load_params(args.params)
-    annotations = args.annotations or p.data.annotations
+    annotations = p.data.annotations_path(args.annotations)
     if annotations is None:
         ap.error("no annotations: set data.annotations or pass --annotations")
     methods = [m for m in args.methods.split(",") if m]

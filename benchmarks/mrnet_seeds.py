@@ -19,9 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.io.classifier import list_splits  # noqa: E402
 from pipeline.reports import write_json  # noqa: E402
-from pipeline.training.mrnet import MRNetTrainConfig, train_mrnet  # noqa: E402
+from pipeline.training.mrnet import train_mrnet  # noqa: E402
+from stages.mrnet import exam_splits, train_config  # noqa: E402
 from stages.settings import load_params  # noqa: E402
 
 
@@ -33,13 +33,10 @@ def main() -> None:
     args = ap.parse_args()
     p = load_params(args.params)
     m = p.mrnet
-    splits = list_splits(m.source, Path(m.data_dir), plane=m.plane, task=m.task, roi_crop=m.kneemri_roi_crop,
-                         valid_fraction=m.kneemri_valid_fraction, seed=p.seed)
+    splits = exam_splits(p, Path(m.data_dir))
     runs = {}
     for seed in (int(s) for s in args.seeds.split(",")):
-        cfg = MRNetTrainConfig(image_size=m.image_size, epochs=m.epochs, lr=m.lr, weight_decay=m.weight_decay,
-                               tune_fraction=m.tune_fraction, augment=m.augment, device=m.device, seed=seed,
-                               pretrained=m.pretrained)
+        cfg = train_config(m, seed)
         t0 = time.perf_counter()
         r = train_mrnet(splits["train"], splits["valid"], cfg)
         runs[str(seed)] = {"test_auc": r.metrics["test"]["auc"], "tune_auc": r.metrics["tune_auc"],

@@ -35,7 +35,7 @@ from torch import nn
 from pipeline import inference
 from pipeline.errors import BadValue, InputError, first_line
 from pipeline.io.fastmri import KSPACE_RANK, TARGET_KEY, kspace_dataset
-from pipeline.kspace import check_mask, instance_stats, mask_function, volume_mask, zero_filled
+from pipeline.kspace import ZeroFilled, check_mask, instance_stats, mask_function, volume_mask
 from pipeline.models.registry import load_unet
 from pipeline.store import atomic_path
 from pipeline.unet_data import normalize
@@ -203,9 +203,10 @@ def reconstruct_file(model: nn.Module, info: InputFile, acq: Acquisition, out: P
         if tuple(k.shape) != info.kspace_shape:
             raise InputError(f"{path}: changed while being read (kspace shape {tuple(k.shape)})")
         rec = dst.create_dataset(OUTPUT_KEY, shape=(info.n_slices, crop, crop), dtype=np.float32)
+        zero_filled = ZeroFilled(info.kspace_shape[-2:], info.mask, crop)     # one mask for the whole file
         for start in range(0, info.n_slices, batch_size):
             stop = min(start + batch_size, info.n_slices)
-            image = zero_filled(_read_kspace(k, path, start, stop), info.mask, crop)
+            image = zero_filled(_read_kspace(k, path, start, stop))
             rec[start:stop] = forward(model, image, device)
             if progress:
                 progress(stop - start)

@@ -46,7 +46,11 @@ def tolerance_px(frame: tuple[int, int] | int, tolerance_320: float = TOLERANCE_
 def near_boxes(shape: tuple[int, int], boxes: Iterable[Box], tol: float = 0.0) -> np.ndarray:
     """bool `shape`: pixels within `tol` (Euclidean distance between pixel centres) of a box pixel;
     `tol` = 0 is `box_mask`."""
-    mask = box_mask(shape, boxes)
+    return _dilate(box_mask(shape, boxes), tol)
+
+
+def _dilate(mask: np.ndarray, tol: float) -> np.ndarray:
+    """Pixels within `tol` (Euclidean, between pixel centres) of a pixel of `mask`."""
     if tol <= 0 or not mask.any():
         return mask
     return distance_transform_edt(~mask) <= tol + 1e-9
@@ -66,21 +70,16 @@ def pointing_hit(heat: np.ndarray, boxes: Sequence[Box], tol: float = 0.0) -> bo
     return p is not None and bool(near_boxes(heat.shape, boxes, tol)[p])
 
 
-def energy_in_boxes(heat: np.ndarray, boxes: Sequence[Box]) -> float:
-    total = float(heat.sum(dtype=np.float64))
-    if not total > 0:
-        return 0.0
-    return float(heat[box_mask(heat.shape, boxes)].sum(dtype=np.float64)) / total
-
-
 def slice_scores(heat: np.ndarray, boxes: Sequence[Box], tol: float) -> dict[str, float]:
     """One slice's values of every `QUANTITIES` entry (`tol`: the tolerance in its pixels)."""
-    near = near_boxes(heat.shape, boxes, tol)
+    inside = box_mask(heat.shape, boxes)
+    near = _dilate(inside, tol)
     p = peak(heat)
-    return {"pointing_game": float(pointing_hit(heat, boxes)),
+    total = float(heat.sum(dtype=np.float64))
+    return {"pointing_game": float(p is not None and bool(inside[p])),
             "pointing_game_15px": float(p is not None and bool(near[p])),
-            "energy_in_box": energy_in_boxes(heat, boxes),
-            "chance": float(box_mask(heat.shape, boxes).mean()),
+            "energy_in_box": float(heat[inside].sum(dtype=np.float64)) / total if total > 0 else 0.0,
+            "chance": float(inside.mean()),
             "chance_15px": float(near.mean())}
 
 

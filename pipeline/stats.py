@@ -59,10 +59,17 @@ def bootstrap_interval(d: np.ndarray, n_resamples: int = 10000, seed: int = 0,
         return math.nan, math.nan
     if np.ptp(d) == 0:
         return float(d[0]), float(d[0])
+    return _bca((d,), np.mean, n_resamples, seed, confidence)
+
+
+def _bca(data: tuple, statistic, n_resamples: int, seed: int, confidence: float,
+         paired: bool = False) -> tuple[float, float]:
+    """scipy's seeded BCa bootstrap interval of `statistic` over `data`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BCa's degenerate-data warnings on near-constant input
-        res = stats.bootstrap((d,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
-                              method="BCa", random_state=np.random.default_rng(seed), vectorized=True)
+        res = stats.bootstrap(data, statistic, n_resamples=n_resamples, confidence_level=confidence,
+                              method="BCa", paired=paired, vectorized=True,
+                              random_state=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
     return float(lo), float(hi)
 
@@ -126,10 +133,4 @@ def ratio_bootstrap_interval(num: np.ndarray, den: np.ndarray, n_resamples: int 
     def ratio(n: np.ndarray, d: np.ndarray, axis: int = -1) -> np.ndarray:
         return n.sum(axis=axis) / d.sum(axis=axis)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap((num, den), ratio, n_resamples=n_resamples, confidence_level=confidence,
-                              method="BCa", paired=True, vectorized=True,
-                              random_state=np.random.default_rng(seed))
-    lo, hi = res.confidence_interval
-    return float(lo), float(hi)
+    return _bca((num, den), ratio, n_resamples, seed, confidence, paired=True)

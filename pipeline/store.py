@@ -124,7 +124,7 @@ class ShardedWriter:
         for k, v in rows.items():
             v = np.asarray(v)
             self._buf[k].append(v)
-            self._hash[k].update(np.ascontiguousarray(v).tobytes())
+            self._hash[k].update(np.ascontiguousarray(v))  # hashlib reads the buffer: no copy
         self._buffered += lengths.pop()
         while self._big and self._buffered >= self.shard:
             self._flush(self.shard)

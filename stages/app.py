@@ -22,8 +22,8 @@ app = typer.Typer(
 )
 
 PARAMS_OPTION = typer.Option("params.yaml", "--params", help="params file (YAML 1.2, as DVC reads it)")
-RAW_DIR_HELP = ("fastMRI root with {train,val,test}/*.h5, or {train,val} with data.test_from_val > 0 "
-                "(default: data.raw_dir)")
+RAW_DIR_OPTION = typer.Option(None, help="fastMRI root with {train,val,test}/*.h5, or {train,val} with "
+                                          "data.test_from_val > 0 (default: data.raw_dir)")
 
 
 def slice_counts(counts: dict[str, int]) -> str:

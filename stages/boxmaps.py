@@ -38,7 +38,7 @@ def boxmaps_cmd(
     from stages.settings import load_params
 
     p = load_params(params)
-    ann = annotations or (Path(p.data.annotations) if p.data.annotations else None)
+    ann = p.data.annotations_path(annotations)
     if ann is None:
         raise InputError("data.annotations: the oracle variant needs ground-truth boxes (a fastMRI+ knee.csv)")
     store = open_store(slices, kind="slices")

@@ -51,7 +51,7 @@ def evaluate_cmd(
 
     p = load_params(params)
     e, u = p.evaluate, p.unet
-    ann = annotations if annotations is not None else (Path(p.data.annotations) if p.data.annotations else None)
+    ann = p.data.annotations_path(annotations)
     runs = model_runs(models, u.seeds)
     stores = SliceStores(slices, undersampled, heatmaps, e.split, raw=True)
     boxes = annotation_boxes(ann, slices, e.split, stores.crop, p.data.annotation_frame, "data.annotation_frame")

@@ -58,7 +58,7 @@ def gradcam_cmd(
     warning = source_mismatch(config, open_store(slices, kind="slices").attrs.get("raw_dir"))
     if warning:
         typer.echo(f"gradcam: {warning}", err=True)
-    ann = annotations or (Path(p.data.annotations) if p.data.annotations else None)
+    ann = p.data.annotations_path(annotations)
     # the boxes are read and checked before the long part
     checked = check_boxes(ann, slices, p.data.annotation_frame, "data.annotation_frame") if ann else None
     boxes = split_boxes(checked, slices, SCORED_SPLIT, shapes[SCORED_SPLIT][1], p.data.annotation_frame,

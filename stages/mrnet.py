@@ -28,25 +28,19 @@ def train_mrnet_cmd(
 
     Params: seed, mrnet.*."""
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
-    from pipeline.io.classifier import list_splits
     from pipeline.models.mrnet import save_mrnet
     from pipeline.reports import write_json
     from pipeline.store import atomic_path
-    from pipeline.training.mrnet import MRNetTrainConfig, progress_units, train_mrnet
+    from pipeline.training.mrnet import progress_units, train_mrnet
     from stages.progress import bar, live_logger
     from stages.settings import load_params
 
     p = load_params(params)
     m = p.mrnet
     root = data_dir or Path(m.data_dir)
-    kw = dict(plane=m.plane, task=m.task, roi_crop=m.kneemri_roi_crop,
-              valid_fraction=m.kneemri_valid_fraction, seed=p.seed)
-    with named(task="mrnet.task"):
-        splits = list_splits(m.source, root, **kw)
+    splits = exam_splits(p, root)
     train, test = splits["train"], splits["valid"]
-    cfg = MRNetTrainConfig(image_size=m.image_size, epochs=m.epochs, lr=m.lr, weight_decay=m.weight_decay,
-                           tune_fraction=m.tune_fraction, augment=m.augment, device=m.device, seed=p.seed,
-                           pretrained=m.pretrained)
+    cfg = train_config(m, p.seed)
     extra = {"source": m.source, "plane": m.plane, "task": m.task, "data_dir": str(root)}
     with contextlib.ExitStack() as stack:
         update = stack.enter_context(bar(progress_units(train, test, cfg), "train-mrnet", unit="exam"))
@@ -60,3 +54,20 @@ def train_mrnet_cmd(
     typer.echo(f"train-mrnet: {out} (best epoch {result.metrics['best_epoch']}), test AUC {t['auc']:.3f}, "
                f"accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, "
                f"specificity {t['specificity']:.3f} on {t['n']} exams")
+
+
+def exam_splits(p, root: Path) -> dict:
+    """The classifier's exams per split (`train`, `valid`) under `root`, as `mrnet.*` says."""
+    from pipeline.io.classifier import list_splits
+    m = p.mrnet
+    with named(task="mrnet.task"):
+        return list_splits(m.source, root, plane=m.plane, task=m.task, roi_crop=m.kneemri_roi_crop,
+                           valid_fraction=m.kneemri_valid_fraction, seed=p.seed)
+
+
+def train_config(m, seed: int):
+    """MRNet's training config from the `mrnet` settings and a seed."""
+    from pipeline.training.mrnet import MRNetTrainConfig
+    return MRNetTrainConfig(image_size=m.image_size, epochs=m.epochs, lr=m.lr, weight_decay=m.weight_decay,
+                            tune_fraction=m.tune_fraction, augment=m.augment, device=m.device, seed=seed,
+                            pretrained=m.pretrained)

@@ -42,6 +42,10 @@ class DataSettings(Section):
     test_from_val: float = Field(ge=0, lt=1, description="0: raw_dir/test as it is; else the share of "
                                  "val's files (by patient) carved out to be the test split")
 
+    def annotations_path(self, override: Optional[Path] = None) -> Optional[Path]:
+        """--annotations when given, else data.annotations (None: no boxes)."""
+        return override if override is not None else (Path(self.annotations) if self.annotations else None)
+
 
 class SyntheticSettings(Section):
     volumes: dict[Literal["train", "val", "test"], int]

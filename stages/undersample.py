@@ -6,13 +6,13 @@ from typing import Optional
 
 import typer
 
-from stages.app import PARAMS_OPTION, RAW_DIR_HELP, app, named, slice_counts, stage
+from stages.app import PARAMS_OPTION, RAW_DIR_OPTION, app, named, slice_counts, stage
 
 
 @app.command("undersample")
 @stage
 def undersample_cmd(
-    raw_dir: Optional[Path] = typer.Option(None, help=RAW_DIR_HELP),
+    raw_dir: Optional[Path] = RAW_DIR_OPTION,
     out: Path = typer.Option(Path("data/undersampled.zarr"), help="undersampled store to write"),
     params: Path = PARAMS_OPTION,
 ) -> None:

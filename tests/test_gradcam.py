@@ -15,7 +15,7 @@ from pipeline.gradcam import (METHODS, GradCAMSpec, as_str, explainable, feature
                               upsample_aligned, volume_heatmaps)
 from pipeline.models.mrnet import MRNet, prepare_volume, save_mrnet
 from pipeline.boxes import crop_boxes, slice_boxes, split_boxes, without_labels
-from pipeline.roi_scores import (energy_in_boxes, near_boxes, pointing_hit, score_slices, tolerance_px,
+from pipeline.roi_scores import (slice_scores, near_boxes, pointing_hit, score_slices, tolerance_px,
                                  tracked_scores)
 from pipeline.stats import ratio_bootstrap_interval
 from pipeline.store import check_aligned, finish_store, open_store, split_group
@@ -30,8 +30,8 @@ def test_pointing_game_and_energy():
     assert pointing_hit(heat, [(1, 2, 3, 3)])
     assert not pointing_hit(heat, [(7, 7, 2, 2)])
     assert not pointing_hit(np.zeros((10, 10)), [(0, 0, 10, 10)])
-    assert energy_in_boxes(heat, [(1, 2, 3, 3)]) == pytest.approx(1 / 1.5)
-    assert energy_in_boxes(heat, [(1, 2, 3, 3), (7, 7, 2, 2)]) == pytest.approx(1.0)
+    assert slice_scores(heat, [(1, 2, 3, 3)], 0)["energy_in_box"] == pytest.approx(1 / 1.5)
+    assert slice_scores(heat, [(1, 2, 3, 3), (7, 7, 2, 2)], 0)["energy_in_box"] == pytest.approx(1.0)
     s = score_slices([("v1", heat, [(1, 2, 3, 3)], ["a"], 0.0), ("v2", heat, [(7, 7, 2, 2)], ["b"], 0.0)])
     o = s["overall"]
     assert o["n_slices"] == 2 and o["n_volumes"] == 2 and o["pointing_game"]["mean"] == 0.5
@@ -70,8 +70,8 @@ def test_energy_share_of_a_known_map_and_its_chance_level():
     heat = np.full((20, 20), 0.5, np.float32)
     heat[2:5, 3:7] = 1.0                            # the box: 12 px at 1, 388 px at 0.5
     box = [(2, 3, 3, 4)]
-    assert energy_in_boxes(heat, box) == pytest.approx(12 / (12 + 0.5 * 388))
-    assert energy_in_boxes(np.ones((20, 20)), box) == pytest.approx(12 / 400)   # uniform map = chance
+    assert slice_scores(heat, box, 0)["energy_in_box"] == pytest.approx(12 / (12 + 0.5 * 388))
+    assert slice_scores(np.ones((20, 20)), box, 0)["energy_in_box"] == pytest.approx(12 / 400)   # uniform map = chance
     s = score_slices([("v", heat, box, ["x"], 0.0), ("v", np.ones((20, 20)), box, ["x"], 0.0)])["overall"]
     assert s["energy_in_box"]["mean"] == pytest.approx((12 / 206 + 12 / 400) / 2)
     assert s["chance"]["mean"] == pytest.approx(12 / 400)
@@ -354,7 +354,7 @@ def test_gradcam_stage_writes_aligned_store_scores_and_overlays(tiny_data, model
     row = {(str(v), int(k)): i for i, (v, k) in enumerate(zip(as_str(h["volume"][:]), h["slice"][:]))}
     maps = [h["heatmap"][row[key]] for key in annotated]
     assert test["pointing_game"] == pytest.approx(np.mean([pointing_hit(m, boxes[k]) for m, k in zip(maps, annotated)]))
-    assert test["energy_in_box"] == pytest.approx(np.mean([energy_in_boxes(m, boxes[k]) for m, k in zip(maps, annotated)]))
+    assert test["energy_in_box"] == pytest.approx(np.mean([slice_scores(m, boxes[k], 0)["energy_in_box"] for m, k in zip(maps, annotated)]))
     # 15 px in the 320 frame is 3 px in the tiny data's 64 frame
     assert test["pointing_game_15px"] == pytest.approx(
         np.mean([pointing_hit(m, boxes[k], 3.0) for m, k in zip(maps, annotated)]))
