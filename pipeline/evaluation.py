@@ -8,7 +8,8 @@ store, so only one volume's slices are in memory.
 
 Outputs: the tracked metrics (at most 40 numbers: per variant nmse/psnr/ssim/roi_psnr/roi_ssim, per
 comparison delta/ci95_low/ci95_high/p of roi_psnr and psnr), a detail JSON (everything else:
-all comparisons, seed SDs, per-seed means, counts, timings), the long per-volume CSV and the
+all comparisons, seed SDs, per-seed means, counts, the Grad-CAM variant's share of the oracle's ROI
+gain, timings), the long per-volume CSV and the
 reconstructions store (`<split>/zero_filled`, `<split>/<variant>/seed<k>`, in target units).
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pipeline.metrics import ALL, volume_metrics
 from pipeline.models.registry import load_unet
 from pipeline.reports import clean
 from pipeline.boxes import Box, slice_masks, split_boxes, without_labels
-from pipeline.stats import bootstrap_interval, compare_all, seed_means
+from pipeline.stats import bootstrap_interval, compare_all, seed_means, share_of_gain
 from pipeline.store import ShardedWriter, atomic_path, finish_store
 from pipeline.training.device import select_device
 from pipeline.unet_data import SliceStores, iterate, volume_loader
@@ -257,6 +258,10 @@ def summarize(table: pd.DataFrame, n_resamples: int, seed: int = 0) -> tuple[dic
         "per_seed_means": _per_seed_means(table),
         "comparisons": _clean(comparisons),
     }
+    if {"weighted", "oracle", REFERENCE} <= set(table["variant"]):
+        detail["weighted_share_of_oracle_gain"] = _clean(
+            {m: share_of_gain(table, "weighted", "oracle", REFERENCE, m, n_resamples=n_resamples, seed=seed)
+             for m in ("roi_psnr", "roi_ssim")})
     return metrics, detail
 
 

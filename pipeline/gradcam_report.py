@@ -12,7 +12,7 @@ import zarr
 
 from pipeline.figures_gradcam import overlay_png, pick_evenly
 from pipeline.gradcam import METHOD_NAMES, annotated_slices, check_slices_split
-from pipeline.roi_scores import score_slices
+from pipeline.roi_scores import score_slices, summarise, slice_scores
 from pipeline.store import SPLITS, open_store, split_group
 
 
@@ -25,16 +25,20 @@ def slices_shapes(slices_path: Path | str) -> dict[str, tuple[int, int]]:
 def score_heatmaps(heatmaps_path: Path | str, slices_path: Path | str, split: str,
                    boxes: dict[tuple[str, int], list], n_overlays: int, overlays_dir: Path | str,
                    tolerances: Mapping[str, float], method: str = "gradcam", n_resamples: int = 10000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, prior: np.ndarray | None = None) -> dict:
     """Scores of the split's heatmaps on its slices with boxes (`boxes` as `split_boxes` gives them;
     `tolerances`: {volume: pointing-game tolerance in px}, `pipeline.roi_scores.frame_tolerances`),
     and `n_overlays` of those slices drawn into `overlays_dir` (created, empty when there are none)
-    as `<volume stem>_s<slice>.png`."""
+    as `<volume stem>_s<slice>.png`. With a `prior` map (`pipeline.roi_scores.location_prior`),
+    `location_prior` holds the same overall scores for that one map on every slice."""
     heat = zarr.open_group(str(heatmaps_path), mode="r")[split]
     rows = annotated_slices(heat, boxes)
     maps = heat["heatmap"]
     scores = score_slices(((name, maps[r], b, labels, tolerances[name]) for r, name, _, b, labels in rows),
                           n_resamples=n_resamples, seed=seed)
+    if prior is not None:
+        scores["location_prior"] = summarise([(name, slice_scores(prior, b, tolerances[name]))
+                                              for _, name, _, b, _ in rows], n_resamples, seed)
     targets = open_store(slices_path, kind="slices")[split]["target"]
     overlays_dir = Path(overlays_dir)
     overlays_dir.mkdir(parents=True)

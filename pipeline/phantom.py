@@ -20,9 +20,10 @@ columns only, so rows outside the FOV never influence anything inside it.
 Textures: fine grain / trabecular bone, vertically elongated muscle fibres and a low-frequency
 heterogeneity (filtered noise, correlated across slices), a smooth receive bias and a smooth phase.
 
-Lesions (in `lesion=True` volumes, one or two of different kinds: edema, cartilage defect, meniscus
-tear) carry fastMRI+ knee label names and per-slice boxes `(row0, col0, height, width)` in the
-recon frame (native orientation, row 0 = top, the central `fov_shape` crop of the grid).
+Lesions (in `lesion=True` volumes, one to three with different fastMRI+ knee labels, drawn to
+match fastMRI+ knee.csv's label frequencies, box sizes and slice runs: `pipeline.phantom_lesions`)
+carry per-slice boxes `(row0, col0, height, width)` in the recon frame (native orientation, row 0 =
+top, the central `fov_shape` crop of the grid).
 
 The parts: `pipeline.phantom_anatomy` (the subject and the lesion-free tissue map of a slice),
 `pipeline.phantom_lesions` (lesions and their boxes), `pipeline.phantom_shapes` (the drawing kit);

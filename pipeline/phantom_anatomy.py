@@ -292,7 +292,8 @@ def anatomy(sub: Subject, X, Y, s, pix, tex, pre):
     p = c.prof
     geom = dict(f=bones.f, t=bones.t, inner_f=masks.inner_f, inner_t=masks.inner_t, band_f=band_f,
                 band_t=band_t, men=men, cyc=bones.cyc, rcs=p.rcs, plat=p.plat, xo=p.men_x, L=p.men_len,
-                h=sub.men_h)
+                h=sub.men_h, in_bone=masks.in_bone, limb_w=p.limb_w,
+                deep=inside(c.pre["sd_limb_fat"] - p.limb_w, pix))
     return c.img, geom
 
 

@@ -10,7 +10,9 @@
   (0 for an all-zero map), averaged over annotated slices.
 Chance levels: the union's share of the image area (a uniform map's energy in box, a uniformly
 random point's pointing game at tolerance 0), and the dilated union's share (a random point at the
-tolerance).
+tolerance). A stronger baseline is the location prior (`location_prior`): the mean box mask of
+another split's annotated slices, one fixed map for every slice. A map that beats chance but not
+the prior has learnt where lesions tend to be (the joint), not where this one is.
 
 Per label, a slice counts once for each label it carries, scored against that label's boxes only.
 Every number comes with a 95% cluster-bootstrap interval over volumes (`ratio_bootstrap_interval`):
@@ -117,6 +119,17 @@ def score_slices(items: Iterable[tuple[str, np.ndarray, Sequence[Box], Sequence[
     return {"tolerance_px": sorted(tolerances), "tolerance_320_px": TOLERANCE_320,
             "overall": summarise(overall, n_resamples, seed),
             "by_label": {k: summarise(v, n_resamples, seed) for k, v in sorted(per_label.items())}}
+
+
+def location_prior(shape: tuple[int, int], boxes: Mapping[tuple[str, int], Sequence[Box]]) -> np.ndarray | None:
+    """float32 `shape`: the share of annotated slices (keys of `boxes`) whose boxes cover each pixel;
+    None without any."""
+    if not boxes:
+        return None
+    total = np.zeros(shape, dtype=np.float64)
+    for slice_boxes in boxes.values():
+        total += box_mask(shape, slice_boxes)
+    return (total / len(boxes)).astype(np.float32)
 
 
 def tracked_scores(scores: dict) -> dict:

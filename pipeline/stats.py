@@ -102,6 +102,23 @@ def compare(table: pd.DataFrame, variant: str, reference: str, metric: str, *,
     }
 
 
+def share_of_gain(table: pd.DataFrame, variant: str, upper: str, reference: str, metric: str, *,
+                  n_resamples: int = 10000, seed: int = 0) -> dict:
+    """How much of `upper`'s gain over `reference` `variant` reaches on `metric`: the ratio of their
+    mean paired differences over the volumes all three share (seed-averaged), a paired cluster
+    bootstrap interval of that ratio over volumes (`ratio_bootstrap_interval`), and the direct paired
+    comparison `variant` - `upper`. An interval is only meaningful while `upper`'s gain is clearly
+    above zero (its resamples then keep a positive denominator)."""
+    gain = paired_differences(table, variant, reference, metric)
+    top = paired_differences(table, upper, reference, metric)
+    both = pd.concat({"v": gain, "u": top}, axis=1, join="inner")
+    lo, hi = ratio_bootstrap_interval(both["v"].to_numpy(), both["u"].to_numpy(), n_resamples, seed)
+    total = float(both["u"].sum())
+    return {"share": float(both["v"].sum()) / total if total else math.nan, "ci95_low": lo, "ci95_high": hi,
+            "n_volumes": int(len(both)),
+            f"{variant}_minus_{upper}": compare(table, variant, upper, metric, n_resamples=n_resamples, seed=seed)}
+
+
 def compare_all(table: pd.DataFrame, variants: Iterable[str], reference: str, metrics: Iterable[str], *,
                 n_resamples: int = 10000, seed: int = 0) -> dict[str, dict[str, dict]]:
     """{'<variant>_vs_<reference>': {metric: compare(...)}} for every variant present in the table."""

@@ -43,7 +43,7 @@ def gradcam_cmd(
     from pipeline.gradcam_report import score_heatmaps, slices_shapes
     from pipeline.models.mrnet import load_mrnet
     from pipeline.reports import write_json
-    from pipeline.roi_scores import frame_tolerances, tracked_scores
+    from pipeline.roi_scores import frame_tolerances, location_prior, tracked_scores
     from pipeline.store import atomic_path, open_store
     from stages.progress import bar
     from stages.settings import load_params
@@ -64,12 +64,18 @@ def gradcam_cmd(
     boxes = split_boxes(checked, slices, SCORED_SPLIT, shapes[SCORED_SPLIT][1], p.data.annotation_frame,
                         "data.annotation_frame")
     tolerances = frame_tolerances(checked.frames) if checked else {}
+    # where lesions tend to be: the mean box mask of the training slices, a baseline for the maps
+    train_boxes = split_boxes(checked, slices, "train", shapes["train"][1], p.data.annotation_frame,
+                              "data.annotation_frame")
+    crop = shapes[SCORED_SPLIT][1]
+    prior = location_prior((crop, crop), {k: [b for b, _ in v] for k, v in train_boxes.items()})
     with atomic_path(out) as tmp_out, atomic_path(overlays) as tmp_fig:
         with bar(sum(n for n, _ in shapes.values()), "gradcam") as update:
             counts = write_heatmaps(tmp_out, slices, net, config, spec, progress=update,
                                     attrs={"model": str(model), "annotations": str(ann)})
         scores = score_heatmaps(tmp_out, slices, SCORED_SPLIT, boxes, g.n_overlays, tmp_fig, tolerances,
-                                method=spec.method, n_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+                                method=spec.method, n_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED,
+                                prior=prior)
         about = {"method": spec.method, "layer": spec.layer, "smooth_sigma": spec.smooth_sigma,
                  "annotations": str(ann) if ann else None}
         write_json(detail, {"split": SCORED_SPLIT, **about, **scores, "bootstrap": {
@@ -81,3 +87,7 @@ def gradcam_cmd(
                f"{SCORED_SPLIT}: pointing game {o['pointing_game']['mean']:.3f}, at 15 px "
                f"{o['pointing_game_15px']['mean']:.3f}, energy in box {o['energy_in_box']['mean']:.3f} "
                f"(chance {o['chance']['mean']:.3f}) over {o['n_slices']} annotated slices")
+    if "location_prior" in scores:
+        lp = scores["location_prior"]
+        typer.echo(f"gradcam: the train boxes' location prior scores pointing game {lp['pointing_game']['mean']:.3f}, "
+                   f"at 15 px {lp['pointing_game_15px']['mean']:.3f}, energy in box {lp['energy_in_box']['mean']:.3f}")

@@ -15,7 +15,7 @@ from pipeline.gradcam import (METHODS, GradCAMSpec, as_str, explainable, feature
                               upsample_aligned, volume_heatmaps)
 from pipeline.models.mrnet import MRNet, prepare_volume, save_mrnet
 from pipeline.boxes import crop_boxes, slice_boxes, split_boxes, without_labels
-from pipeline.roi_scores import (slice_scores, near_boxes, pointing_hit, score_slices, tolerance_px,
+from pipeline.roi_scores import (location_prior, slice_scores, near_boxes, pointing_hit, score_slices, tolerance_px,
                                  tracked_scores)
 from pipeline.stats import ratio_bootstrap_interval
 from pipeline.store import check_aligned, finish_store, open_store, split_group
@@ -98,6 +98,15 @@ def test_scores_pool_slices_and_bootstrap_over_volumes():
     # equal rates in every volume: a zero-width interval; one volume: none
     assert ratio_bootstrap_interval(np.array([1, 2]), np.array([2, 4])) == (0.5, 0.5)
     assert all(np.isnan(ratio_bootstrap_interval(np.array([1]), np.array([2]))))
+
+
+def test_location_prior_is_the_share_of_slices_boxed_at_each_pixel():
+    prior = location_prior((8, 8), {("a.h5", 0): [(0, 0, 2, 2)], ("a.h5", 1): [(1, 1, 2, 2), (6, 6, 1, 1)],
+                                    ("b.h5", 3): [(0, 0, 1, 1)]})
+    assert prior.dtype == np.float32 and prior.shape == (8, 8)
+    assert prior[0, 0] == pytest.approx(2 / 3) and prior[1, 1] == pytest.approx(2 / 3)
+    assert prior[2, 2] == pytest.approx(1 / 3) and prior[6, 6] == pytest.approx(1 / 3) and prior[5, 5] == 0
+    assert location_prior((8, 8), {}) is None
 
 
 def test_per_label_scores_use_that_labels_boxes():
@@ -373,6 +382,14 @@ def test_gradcam_stage_writes_aligned_store_scores_and_overlays(tiny_data, model
     assert set(detail["by_label"]) == test_labels
     assert sum(v["n_slices"] for v in detail["by_label"].values()) >= o["n_slices"]
     assert "warning" not in res.stderr         # a hand-built model records no source: nothing to tell
+    # the location prior: the train boxes' mean mask, scored on the same slices
+    train_boxes = without_labels(split_boxes(tiny_data / "synthetic/annotations.csv", tiny_data / "slices.zarr", "train", 64))
+    prior = location_prior((64, 64), train_boxes)
+    lp = detail["location_prior"]
+    assert lp["n_slices"] == o["n_slices"]
+    assert lp["energy_in_box"]["mean"] == pytest.approx(
+        np.mean([slice_scores(prior, boxes[k], 0)["energy_in_box"] for k in annotated]))
+    assert lp["pointing_game_15px"]["mean"] == pytest.approx(np.mean([pointing_hit(prior, boxes[k], 3.0) for k in annotated]))
     # gradcam.n_overlays = 3 PNGs, each of an annotated test slice
     pngs = sorted((tmp_path / "overlays").glob("*.png"))
     assert len(pngs) == min(3, len(annotated)) and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from pipeline.stats import compare, compare_all, paired_differences, volumes_needed
+from pipeline.stats import compare, compare_all, paired_differences, share_of_gain, volumes_needed
 
 
 def _table(n_volumes=40, shift=0.5, noise=0.3, seeds=(0, 1, 2), seed_offsets=None, rng_seed=1) -> pd.DataFrame:
@@ -108,3 +108,35 @@ def test_volumes_needed_for_a_paired_interval():
     # half-width = 1.96 sd / sqrt(n): sd 0.61 dB, +-0.3 dB -> 16 volumes (the issue's oracle measurement)
     assert volumes_needed(0.61, 0.3) == 16
     assert volumes_needed(0.61, 0.2) == 36
+
+
+def _with_oracle(t: pd.DataFrame, factor, noise=0.0, rng_seed=3) -> pd.DataFrame:
+    """An oracle whose gain over the baseline is the weighted gain times `factor` (per row), + noise."""
+    rng = np.random.default_rng(rng_seed)
+    base = t[t.variant == "baseline"].set_index(["seed", "volume"])["roi_psnr"]
+    w = t[t.variant == "weighted"].set_index(["seed", "volume"])["roi_psnr"]
+    o = (base + (w - base) * factor + rng.normal(0, noise, len(base))).rename("roi_psnr").reset_index()
+    o["variant"] = "oracle"
+    return pd.concat([t, o], ignore_index=True)
+
+
+def test_share_of_gain_is_the_ratio_of_paired_mean_gains():
+    t = _with_oracle(_table(n_volumes=12, shift=0.5, noise=0.0), factor=4.0)
+    r = share_of_gain(t, "weighted", "oracle", "baseline", "roi_psnr", n_resamples=2000)
+    # every volume's weighted gain is a quarter of its oracle gain: the ratio and both ends are 0.25
+    assert r["share"] == pytest.approx(0.25, abs=1e-9)
+    assert r["ci95_low"] == pytest.approx(0.25, abs=1e-9) and r["ci95_high"] == pytest.approx(0.25, abs=1e-9)
+    assert r["n_volumes"] == 12
+    gap = r["weighted_minus_oracle"]
+    d_w = paired_differences(t, "weighted", "baseline", "roi_psnr")
+    assert gap["delta"] == pytest.approx(-3.0 * d_w.mean())
+
+
+def test_share_of_gain_interval_holds_the_volume_noise():
+    t = _with_oracle(_table(n_volumes=30, shift=0.3, noise=0.3), factor=2.0, noise=0.3)
+    r = share_of_gain(t, "weighted", "oracle", "baseline", "roi_psnr", n_resamples=2000)
+    d_w = paired_differences(t, "weighted", "baseline", "roi_psnr")
+    d_o = paired_differences(t, "oracle", "baseline", "roi_psnr")
+    assert r["share"] == pytest.approx(d_w.sum() / d_o.sum())
+    assert r["ci95_low"] < r["share"] < r["ci95_high"]
+    assert 0.05 < r["ci95_high"] - r["ci95_low"] < 0.5            # not degenerate, not unbounded

@@ -25,7 +25,8 @@ from pipeline.errors import InputError
 from pipeline.io.annotations import (COLUMNS, from_fastmri_plus, read_annotations,
                                      to_fastmri_plus, write_annotations)
 from pipeline.phantom import render_knee
-from pipeline.phantom_lesions import LABEL_CARTILAGE_FULL, LABEL_CARTILAGE_PARTIAL, LABEL_EDEMA, LABEL_MENISCUS
+from pipeline.fastmri_plus_knee import FRAME_AREA_QUANTILES, KNEE_LABELS, SHARE_UNDER_400_PX_AT_320
+from pipeline.phantom_lesions import LESION_KINDS
 from pipeline.synthetic import (SyntheticSpec, synth_volume, synthesize, total_units, write_fastmri,
                                 write_mrnet_exams)
 
@@ -267,7 +268,7 @@ def test_annotations_match_fastmri_annotated_dataset(single, tmp_path, monkeypat
 def test_annotation_rows_are_well_formed(single):
     d, rows, spec = single
     names = {f.stem for f in d.rglob("*.h5")}
-    labels = {LABEL_EDEMA, LABEL_CARTILAGE_FULL, LABEL_CARTILAGE_PARTIAL, LABEL_MENISCUS}
+    labels = set(KNEE_LABELS)
     for r in rows:
         assert set(r) == set(COLUMNS)
         assert r["file"] in names and not r["file"].endswith(".h5")
@@ -355,14 +356,52 @@ def test_lesions_visible_in_the_written_targets(single):
 def test_lesion_share_and_labels():
     R, W = 64, encoding_for(64).cols
     kinds = set()
-    for seed in range(12):
+    for seed in range(40):
         v = render_knee(np.random.default_rng([seed, 1]), 12, (2 * R, W), lesion=True,
                         fov_shape=(R, R))
-        assert 1 <= len(v.lesions) <= 2
+        assert 1 <= len(v.lesions) <= 3
+        assert len({les.label for les in v.lesions}) == len(v.lesions)
         for les in v.lesions:
-            assert 2 <= len(les.slices) <= 6
+            assert 1 <= len(les.slices) <= 12
             kinds.add(les.kind)
-    assert kinds == {"edema", "cartilage", "meniscus"}
+    assert kinds == set(LESION_KINDS)
+
+
+@pytest.fixture(scope="module")
+def default_boxes():
+    """Every lesion box of 150 lesion volumes at the embedded default (128 frame, 16 slices)."""
+    R = 128
+    enc = encoding_for(R)
+    rows = []
+    for i in range(150):
+        v = render_knee(np.random.default_rng([2026, i]), 16, enc.grid, lesion=True, fov_shape=(R, R))
+        for les in v.lesions:
+            rows += [dict(volume=i, label=les.label, run=len(les.slices), area=b[2] * b[3] / (R * R))
+                     for b in les.boxes]
+    return pd.DataFrame(rows)
+
+
+def test_box_areas_match_fastmri_plus_quantiles(default_boxes):
+    """As a fraction of the frame, the 10th, 50th and 90th percentile box areas are within 25% of
+    fastMRI+ knee.csv's (0.18%, 0.53%, 4.66%), and about as many boxes are small."""
+    area = default_boxes["area"]
+    assert len(area) > 400
+    for q, real in FRAME_AREA_QUANTILES.items():
+        assert abs(area.quantile(q) / real - 1.0) <= 0.25, (q, area.quantile(q), real)
+    small = (area * 320 * 320 < 400).mean()
+    assert abs(small - SHARE_UNDER_400_PX_AT_320) < 0.1, small
+
+
+def test_box_labels_follow_fastmri_plus_frequencies(default_boxes):
+    share = default_boxes["label"].value_counts(normalize=True)
+    assert set(share.index) <= set(KNEE_LABELS)
+    for label in ("Meniscus Tear", "Cartilage - Partial Thickness loss/defect", "Joint Effusion"):
+        assert abs(share[label] - KNEE_LABELS[label].share) < 0.35 * KNEE_LABELS[label].share + 0.02, \
+            (label, share[label])
+    assert share.index[0] == "Meniscus Tear"
+    # lesions span consecutive slices, longer for the labels that do in knee.csv
+    runs = default_boxes.groupby("label")["run"].median()
+    assert runs["Meniscus Tear"] > runs["Cartilage - Partial Thickness loss/defect"]
 
 
 # --------------------------------------------------------------------------- phantom API
