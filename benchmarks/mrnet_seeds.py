@@ -10,7 +10,12 @@ abnormal exams split by the area of their largest lesion box (as a fraction of t
 and over the median) against all normal exams: whether the classifier sees the small lesions, the
 large ones, or neither.
 
-    python benchmarks/mrnet_seeds.py --seeds 0,1,2
+With `--maps` (after `dvc repro prepare`: it reads `data/slices.zarr` and the boxes of
+`data.annotations`), each seed's model also gets the gradcam stage's maps (`gradcam.*` of params)
+on the fastMRI test slices, scored like the stage scores them: the pointing game's spread over
+MRNet seeds (#11: SD <= 0.05).
+
+    python benchmarks/mrnet_seeds.py --seeds 0,1,2 --maps
     python benchmarks/mrnet_seeds.py --seeds 0 --epochs 20 --out reports/bench/mrnet_long.json
 """
 from __future__ import annotations
@@ -20,6 +25,7 @@ import dataclasses
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,11 +69,31 @@ def auc_by_lesion_size(model, config: dict, exams, largest: dict[str, float]) ->
     return out
 
 
+def localisation(model, config: dict, p, slices: Path, work: Path) -> dict:
+    """The gradcam stage's tracked scores on the test split for one MRNet."""
+    from pipeline.boxes import check_boxes, split_boxes
+    from pipeline.gradcam import GradCAMSpec, write_heatmaps
+    from pipeline.gradcam_report import score_heatmaps, slices_shapes
+    from pipeline.roi_scores import frame_tolerances, tracked_scores
+
+    g, ann = p.gradcam, p.data.annotations_path(None)
+    checked = check_boxes(ann, slices, p.data.annotation_frame, "data.annotation_frame")
+    boxes = split_boxes(checked, slices, "test", slices_shapes(slices)["test"][1], p.data.annotation_frame,
+                        "data.annotation_frame")
+    spec = GradCAMSpec(layer=g.layer, smooth_sigma=g.smooth_sigma, method=g.method)
+    write_heatmaps(work / "heatmaps.zarr", slices, model, config, spec)
+    scores = score_heatmaps(work / "heatmaps.zarr", slices, "test", boxes, 0, work / "overlays",
+                            frame_tolerances(checked.frames), method=spec.method, n_resamples=2000)
+    return {f"test_{k}": v for k, v in tracked_scores(scores).items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=None, help="override mrnet.epochs (is it the budget?)")
+    ap.add_argument("--maps", action="store_true", help="also score each seed's Grad-CAM maps on the test slices")
+    ap.add_argument("--slices", type=Path, default=REPO / "data/slices.zarr")
     ap.add_argument("--out", type=Path, default=REPO / "reports/bench/mrnet_seeds.json")
     args = ap.parse_args()
     p = load_params(args.params)
@@ -85,6 +111,9 @@ def main() -> None:
                            "best_epoch": r.metrics["best_epoch"], "seconds": round(time.perf_counter() - t0, 1)}
         if largest is not None:
             runs[str(seed)].update(auc_by_lesion_size(r.model, r.config, splits["valid"], largest))
+        if args.maps:
+            with tempfile.TemporaryDirectory() as work:
+                runs[str(seed)].update(localisation(r.model, r.config, p, args.slices, Path(work)))
         print(f"seed {seed}: test AUC {r.metrics['test']['auc']:.3f}, tune AUC {r.metrics['tune_auc']:.3f}, "
               f"best epoch {r.metrics['best_epoch']}", file=sys.stderr)
     aucs = [r["test_auc"] for r in runs.values()]
@@ -93,6 +122,12 @@ def main() -> None:
               "runs": runs, "test_auc_mean": statistics.mean(aucs),
               "test_auc_sd": statistics.stdev(aucs) if len(aucs) > 1 else None,
               "goal": "test AUC >= 0.95 on >= 120 exams, SD <= 0.02 over 3 seeds (#11)"}
+    if args.maps:
+        pg = [r["test_pointing_game_15px"] for r in runs.values()]
+        result.update({"gradcam": {"method": p.gradcam.method, "layer": p.gradcam.layer},
+                       "pointing_game_15px_mean": statistics.mean(pg),
+                       "pointing_game_15px_sd": statistics.stdev(pg) if len(pg) > 1 else None,
+                       "pointing_game_goal": "pointing game at 15 px >= 0.8, SD <= 0.05 over 3 MRNet seeds (#11)"})
     write_json(args.out, result)
     print(f"test AUC {result['test_auc_mean']:.3f} +- {result['test_auc_sd'] or 0:.3f} over {len(aucs)} seeds, "
           f"{result['n_test_exams']} test exams", file=sys.stderr)
