@@ -44,6 +44,18 @@ def run(slices: Path | str, model: Path | str, annotations: Path | str, *, frame
         split: str = SPLIT, n_resamples: int = 10000, seed: int = 0) -> dict:
     """Scores of every (method, layer) on the annotated slices of `split` (see the module doc)."""
     net, config = load_mrnet(model)
+    results = score_maps(net, config, slices, annotations, frame=frame, smooth_sigma=smooth_sigma, methods=methods,
+                         layers=layers, split=split, n_resamples=n_resamples, seed=seed)
+    return {"benchmark": "gradcam_methods", "split": split, "slices": str(slices), "model": str(model),
+            "annotations": str(annotations), "smooth_sigma": smooth_sigma, "bootstrap_resamples": n_resamples,
+            "seed": seed, "results": results}
+
+
+def score_maps(net, config: dict, slices: Path | str, annotations: Path | str, *, frame: Optional[int] = None,
+               smooth_sigma: float = 1.0, methods: Sequence[str] = METHODS, layers: Sequence[str] = LAYERS,
+               split: str = SPLIT, n_resamples: int = 10000, seed: int = 0) -> list[dict]:
+    """For a loaded MRNet: per (method, layer), its maps' `score_slices` on the annotated slices of
+    `split` and the seconds the maps took. Only volumes with boxes are explained."""
     net = explainable(net)
     for layer in layers:
         check_layer(net, layer)
@@ -67,13 +79,8 @@ def run(slices: Path | str, model: Path | str, annotations: Path | str, *, frame
             seconds[(method, layer)] += time.perf_counter() - t0
             for r, found in rows:
                 out.append((name, heat[r - a], [bx for bx, _ in found], [lab for _, lab in found], tolerances[name]))
-    results = []
-    for (method, layer), its in items.items():
-        scores = score_slices(its, n_resamples=n_resamples, seed=seed)
-        results.append({"method": method, "layer": layer, "seconds": round(seconds[(method, layer)], 3), **scores})
-    return {"benchmark": "gradcam_methods", "split": split, "slices": str(slices), "model": str(model),
-            "annotations": str(annotations), "smooth_sigma": smooth_sigma, "bootstrap_resamples": n_resamples,
-            "seed": seed, "results": results}
+    return [{"method": method, "layer": layer, "seconds": round(seconds[(method, layer)], 3),
+             **score_slices(its, n_resamples=n_resamples, seed=seed)} for (method, layer), its in items.items()]
 
 
 def markdown(result: dict) -> str:

@@ -25,7 +25,6 @@ import dataclasses
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -69,21 +68,16 @@ def auc_by_lesion_size(model, config: dict, exams, largest: dict[str, float]) ->
     return out
 
 
-def localisation(model, config: dict, p, slices: Path, work: Path) -> dict:
-    """The gradcam stage's tracked scores on the test split for one MRNet."""
-    from pipeline.boxes import check_boxes, split_boxes
-    from pipeline.gradcam import GradCAMSpec, write_heatmaps
-    from pipeline.gradcam_report import score_heatmaps, slices_shapes
-    from pipeline.roi_scores import frame_tolerances, tracked_scores
+def localisation(model, config: dict, p, slices: Path) -> dict:
+    """The gradcam stage's tracked scores on the test split for one MRNet (`gradcam.*` of params;
+    the maps are scored like the stage scores them, `benchmarks/gradcam_methods.score_maps`)."""
+    from benchmarks.gradcam_methods import score_maps
+    from pipeline.roi_scores import tracked_scores
 
-    g, ann = p.gradcam, p.data.annotations_path(None)
-    checked = check_boxes(ann, slices, p.data.annotation_frame, "data.annotation_frame")
-    boxes = split_boxes(checked, slices, "test", slices_shapes(slices)["test"][1], p.data.annotation_frame,
-                        "data.annotation_frame")
-    spec = GradCAMSpec(layer=g.layer, smooth_sigma=g.smooth_sigma, method=g.method)
-    write_heatmaps(work / "heatmaps.zarr", slices, model, config, spec)
-    scores = score_heatmaps(work / "heatmaps.zarr", slices, "test", boxes, 0, work / "overlays",
-                            frame_tolerances(checked.frames), method=spec.method, n_resamples=2000)
+    g = p.gradcam
+    scores, = score_maps(model, config, slices, p.data.annotations_path(None), frame=p.data.annotation_frame,
+                         smooth_sigma=g.smooth_sigma, methods=[g.method], layers=[g.layer], split="test",
+                         n_resamples=2000)
     return {f"test_{k}": v for k, v in tracked_scores(scores).items()}
 
 
@@ -112,8 +106,7 @@ def main() -> None:
         if largest is not None:
             runs[str(seed)].update(auc_by_lesion_size(r.model, r.config, splits["valid"], largest))
         if args.maps:
-            with tempfile.TemporaryDirectory() as work:
-                runs[str(seed)].update(localisation(r.model, r.config, p, args.slices, Path(work)))
+            runs[str(seed)].update(localisation(r.model, r.config, p, args.slices))
         print(f"seed {seed}: test AUC {r.metrics['test']['auc']:.3f}, tune AUC {r.metrics['tune_auc']:.3f}, "
               f"best epoch {r.metrics['best_epoch']}", file=sys.stderr)
     aucs = [r["test_auc"] for r in runs.values()]

@@ -9,7 +9,7 @@ gets the map of the evidence for "abnormal" that it holds itself, and a slice wi
 a non-zero map whether or not it wins the max. The slices are independent in this forward pass,
 so one backward pass gives every slice's own gradient.
 
-Class-activation maps are taken at `layer` (default `features.10`, AlexNet's last convolution),
+Class-activation maps are taken at `layer` (e.g. `features.10`, AlexNet's last convolution),
 with gradient g and activation A of that layer's output, per `method`, all through captum:
 - `gradcam` (Selvaraju et al. 2017; captum's `LayerGradCam`): channel weights = spatial mean of g,
   map = ReLU(sum_k mean(g_k) A_k);

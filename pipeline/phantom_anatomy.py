@@ -281,7 +281,7 @@ def anatomy(sub: Subject, X, Y, s, pix, tex, pre):
     """Render the lesion-free tissue-value map of one slice at position s (1, h, w) and return it
     with the geometry the lesions need."""
     c = _Canvas(sub, X, Y, pix, slice_profile(sub, float(s)), tex, pre)
-    fat_val, muscle_zone = _soft_tissue(c)
+    fat_val, muscle_zone, deep = _soft_tissue(c)
     bones = _bones(c)
     masks = _bone_tissue(c, bones, fat_val, muscle_zone)
     band_f, band_t = _cartilage(c, bones, masks)
@@ -292,14 +292,14 @@ def anatomy(sub: Subject, X, Y, s, pix, tex, pre):
     p = c.prof
     geom = dict(f=bones.f, t=bones.t, inner_f=masks.inner_f, inner_t=masks.inner_t, band_f=band_f,
                 band_t=band_t, men=men, cyc=bones.cyc, rcs=p.rcs, plat=p.plat, xo=p.men_x, L=p.men_len,
-                h=sub.men_h, in_bone=masks.in_bone, limb_w=p.limb_w,
-                deep=inside(c.pre["sd_limb_fat"] - p.limb_w, pix))
+                h=sub.men_h, in_bone=masks.in_bone, limb_w=p.limb_w, deep=deep)
     return c.img, geom
 
 
-def _soft_tissue(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+def _soft_tissue(c: _Canvas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Limb outline with subcutaneous fat, muscle (thigh above, leg below the joint) and the fat
-    planes between muscles: starts `c.img`. Returns the fat values and the muscle zone."""
+    planes between muscles: starts `c.img`. Returns the fat values, the muscle zone and the tissue
+    deep to the subcutaneous fat (where soft-tissue lesions may lie)."""
     T, p = c.sub.tissue, c.prof
     t_fine, t_fib, _ = c.tex
     fat_val = t_fine * (0.04 * T["fat"])
@@ -307,14 +307,14 @@ def _soft_tissue(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
     c.img = inside(c.pre["sd_limb0"] - p.limb_w, c.pix)
     c.img *= fat_val
     joint_zone = ellipse(c.X, c.Y, 0.0, c.sub.yj + 0.02, 1.15, p.joint_ry)
-    muscle_zone = inside(c.pre["sd_limb_fat"] - p.limb_w, c.pix)
-    muscle_zone *= inside(np.negative(joint_zone, out=joint_zone), 3.0 * c.pix)
+    deep = inside(c.pre["sd_limb_fat"] - p.limb_w, c.pix)          # deep to the subcutaneous fat
+    muscle_zone = deep * inside(np.negative(joint_zone, out=joint_zone), 3.0 * c.pix)
     mus_val = t_fib * (0.08 * T["muscle"])
     mus_val += t_fine * (0.03 * T["muscle"])
     mus_val += T["muscle"]
     paint(c.img, muscle_zone, mus_val)
     paint(c.img, c.pre["septa"] * muscle_zone, fat_val)
-    return fat_val, muscle_zone
+    return fat_val, muscle_zone, deep
 
 
 def _bones(c: _Canvas) -> _Bones:
