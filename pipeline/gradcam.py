@@ -22,9 +22,10 @@ Maps are upsampled (bilinear, each cell at its receptive-field centre) to the cr
 optionally Gaussian-smoothed, and divided by the volume's maximum, so they lie in [0, 1] per
 volume and a slice with little evidence stays low.
 
-Inputs are the fully sampled targets, scaled like the classifier exams (per-volume min/max to
-0..255, see `pipeline.models.mrnet.prepare_volume`) and normalised with the training statistics
-stored in the model config.
+Inputs are the fully sampled targets, one volume per pass, prepared as the classifier's exams
+(`pipeline.models.mrnet.exam_input`: per-volume min/max to 0..255, the training statistics stored
+in the model config); a per-exam BatchNorm MRNet normalises each volume's slices together, as it
+did each exam's in training.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import zarr
 from scipy.ndimage import gaussian_filter
 
 from pipeline.errors import BadValue, InputError
-from pipeline.models.mrnet import MRNet, prepare_volume
+from pipeline.models.mrnet import ExamBatchNorm2d, MRNet, exam_input
 from pipeline.store import SPLITS, ShardedWriter, as_str, finish_store, open_store, read_rows, split_group
 
 Progress = Optional[Callable[[int], None]]
@@ -68,12 +69,15 @@ def check_layer(model: MRNet, layer: str) -> torch.nn.Module:
 
 
 def explainable(model: MRNet) -> MRNet:
-    """A copy without in-place ReLUs: captum hooks the layer's output, and an in-place ReLU after
-    it would overwrite the activations the attribution needs."""
+    """A copy without in-place ReLUs (captum hooks the layer's output, and an in-place ReLU after
+    it would overwrite the activations the attribution needs) whose per-exam BatchNorm takes the
+    volume's statistics as constants (`ExamBatchNorm2d.detach_stats`: each slice's own map)."""
     model = copy.deepcopy(model).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.ReLU):
             m.inplace = False
+        if isinstance(m, ExamBatchNorm2d):
+            m.detach_stats = True
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -104,8 +108,11 @@ def cam_function(model: MRNet, layer: str, method: str = "gradcam") -> Callable[
 
 def slice_cams(model: MRNet, x: torch.Tensor, layer: str, batch: int = 64, method: str = "gradcam") -> torch.Tensor:
     """Raw class-activation maps `(S, h, w)` (>= 0) of each slice's own logit, at `layer`
-    resolution, by `method` (see the module doc)."""
+    resolution, by `method` (see the module doc). `x` is one volume; a model whose normalisation
+depends on the batch (`MRNet.batch_dependent`) sees it whole, whatever `batch` says."""
     cam = cam_function(model, layer, method)
+    if model.batch_dependent:   # per-exam BatchNorm: the volume's slices must be normalised together
+        batch = len(x)
     out = []
     for i in range(0, len(x), batch):
         xb = x[i:i + batch].clone().requires_grad_(True)
@@ -155,7 +162,7 @@ def volume_heatmaps(model: MRNet, config: dict, volume: np.ndarray, spec: GradCA
     """Heatmaps `(S, C, C)` float32 in [0, 1] for one volume `(S, C, C)` in any units."""
     S, H, W = volume.shape
     size = int(config["image_size"])
-    x = prepare_volume(volume, size, float(config["mean"]), float(config["std"]))
+    x = exam_input(volume, config)
     cams = slice_cams(model, x, spec.layer, spec.batch, spec.method)
     up = upsample_aligned(cams.float(), feature_geometry(model, spec.layer), size, (H, W))
     heat = up.clamp_min(0).numpy().astype(np.float32)

@@ -70,4 +70,4 @@ def train_config(m, seed: int):
     from pipeline.training.mrnet import MRNetTrainConfig
     return MRNetTrainConfig(image_size=m.image_size, epochs=m.epochs, lr=m.lr, weight_decay=m.weight_decay,
                             tune_fraction=m.tune_fraction, augment=m.augment, device=m.device, seed=seed,
-                            pretrained=m.pretrained)
+                            pretrained=m.pretrained, norm=m.norm, schedule=m.schedule)

@@ -101,6 +101,8 @@ class MRNetSettings(Section):
     tune_fraction: float = Field(gt=0, lt=1)
     kneemri_valid_fraction: float = Field(gt=0, lt=1)
     augment: bool
+    norm: Literal["none", "batch", "group", "instance"]
+    schedule: Literal["constant", "cosine"]
     device: Literal["auto", "cpu", "cuda"]
 
 

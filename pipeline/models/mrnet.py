@@ -5,6 +5,17 @@ The convolutional trunk is exactly torchvision's `alexnet().features` (same laye
 names `features.{0,3,6,8,10}.{weight,bias}`), so ImageNet-pretrained AlexNet weights load from a
 plain state dict without torchvision. AlexNet's fully connected head is not part of MRNet: with it
 the seed report counts 61,101,097 parameters, without it MRNet has 2,469,953.
+
+Normalisation (`norm`): `none` is AlexNet as it is. Otherwise each ReLU slot of the trunk becomes
+`Sequential(norm, ReLU)`, so the convolutions keep their names (`features.0, 3, 6, 8, 10`) and
+pretrained AlexNet weights still load (the norm layers start fresh). `batch` is BatchNorm with
+**per-exam statistics**: no running averages, every forward pass normalises with the statistics of
+the slices it is given, in training and in evaluation alike. A forward pass must therefore get
+exactly one exam (or one fastMRI volume): `exam_input` prepares one and `batch_dependent` tells
+callers (Grad-CAM) never to split or pool volumes. With one exam per step, BatchNorm's running
+averages do not reproduce what training saw (the network learns "this slice differs from the
+rest of this knee"), and a model run under them scores near chance (README: the classifier).
+`group` (32 groups) and `instance` normalise each slice alone.
 """
 from __future__ import annotations
 
@@ -24,21 +35,63 @@ ARCH = "mrnet-alexnet"
 PIXEL_MAX = 255.0
 
 
-def alexnet_features() -> nn.Sequential:
-    """torchvision.models.alexnet().features, layer for layer."""
+NORMS = ("none", "batch", "group", "instance")
+
+
+class ExamBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that always normalises with the statistics of the batch it is given (one exam),
+    in training and evaluation alike, and keeps no running averages.
+
+    With `detach_stats` the statistics are still the batch's but enter as constants: the forward
+    values are the same, and each slice's gradient is its own evidence given the exam's
+    statistics, not also its pull on the other slices through them (what per-slice Grad-CAM
+    needs: without it, a slice with no lesion gets the negative of the lesion slice's gradient)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, track_running_stats=False)
+        self.detach_stats = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.detach_stats:
+            return super().forward(x)
+        with torch.no_grad():
+            mean = x.mean(dim=(0, 2, 3))
+            var = x.var(dim=(0, 2, 3), unbiased=False)
+        return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    if norm == "batch":
+        return ExamBatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(32, channels)
+    if norm == "instance":
+        return nn.GroupNorm(channels, channels)
+    raise BadValue("norm", f"{norm!r} is not one of {', '.join(NORMS)}")
+
+
+def activation(norm: str, channels: int) -> nn.Module:
+    """The ReLU slot after a convolution: a plain ReLU, or `Sequential(norm, ReLU)`."""
+    if norm == "none":
+        return nn.ReLU(inplace=True)
+    return nn.Sequential(norm_layer(norm, channels), nn.ReLU(inplace=True))
+
+
+def alexnet_features(norm: str = "none") -> nn.Sequential:
+    """torchvision.models.alexnet().features, layer for layer (with `norm` in the ReLU slots)."""
     return nn.Sequential(
         nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
-        nn.ReLU(inplace=True),
+        activation(norm, 64),
         nn.MaxPool2d(kernel_size=3, stride=2),
         nn.Conv2d(64, 192, kernel_size=5, padding=2),
-        nn.ReLU(inplace=True),
+        activation(norm, 192),
         nn.MaxPool2d(kernel_size=3, stride=2),
         nn.Conv2d(192, 384, kernel_size=3, padding=1),
-        nn.ReLU(inplace=True),
+        activation(norm, 384),
         nn.Conv2d(384, 256, kernel_size=3, padding=1),
-        nn.ReLU(inplace=True),
+        activation(norm, 256),
         nn.Conv2d(256, 256, kernel_size=3, padding=1),
-        nn.ReLU(inplace=True),
+        activation(norm, 256),
         nn.MaxPool2d(kernel_size=3, stride=2),
     )
 
@@ -52,9 +105,12 @@ class MRNet(nn.Module):
 
     min_size = 63  # smallest input side for which AlexNet's trunk yields a feature map
 
-    def __init__(self) -> None:
+    def __init__(self, norm: str = "none") -> None:
         super().__init__()
-        self.features = alexnet_features()
+        if norm not in NORMS:
+            raise BadValue("norm", f"{norm!r} is not one of {', '.join(NORMS)}")
+        self.norm = norm
+        self.features = alexnet_features(norm)
         self.classifier = nn.Linear(256, 1)
         # From scratch, PyTorch's default conv init (kaiming_uniform, a=sqrt(5)) shrinks the signal
         # through five BN-free layers and MRNet barely learns in a few epochs on CPU (synthetic test
@@ -64,6 +120,11 @@ class MRNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+
+    @property
+    def batch_dependent(self) -> bool:
+        """True when a forward pass normalises with its own batch: give it one exam, whole."""
+        return self.norm == "batch"
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Per-slice 256-d descriptors: AlexNet features, global average pooling."""
@@ -105,6 +166,19 @@ def normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 def prepare_volume(volume: np.ndarray | torch.Tensor, image_size: int, mean: float, std: float) -> torch.Tensor:
     """A raw volume `(S, H, W)` in any units -> normalised MRNet input `(S, 1, size, size)`."""
     return normalise(resize_slices(to_pixels(volume), image_size), mean, std)
+
+
+def exam_input(volume: np.ndarray | torch.Tensor, config: dict) -> torch.Tensor:
+    """One exam (or fastMRI volume) `(S, H, W)` as the model saved with `config` was trained to see
+    it: the one place where training, tune and test evaluation, Grad-CAM and the benchmarks
+    prepare an exam. Run the model on it whole (see `MRNet.batch_dependent`)."""
+    return prepare_volume(volume, int(config["image_size"]), float(config["mean"]), float(config["std"]))
+
+
+def exam_logit(model: MRNet, volume: np.ndarray | torch.Tensor, config: dict) -> float:
+    """The abnormality logit of one exam (no gradient)."""
+    with torch.no_grad():
+        return float(model(exam_input(volume, config).to(next(model.parameters()).device)).float())
 
 
 def load_pretrained_features(model: MRNet, path: Path | str) -> None:
@@ -153,7 +227,10 @@ def load_mrnet(path: Path | str, map_location: str | torch.device = "cpu") -> tu
     for key in ("image_size", "mean", "std"):
         if not isinstance(config.get(key), (int, float)):
             raise InputError(f"{path}: model config lacks '{key}'")
-    model = MRNet()
+    norm = config.get("norm", "none")
+    if norm not in NORMS:
+        raise InputError(f"{path}: model config has norm {norm!r}, not one of {', '.join(NORMS)}")
+    model = MRNet(norm)
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:

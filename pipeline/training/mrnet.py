@@ -1,6 +1,7 @@
 """Training MRNet as Bien et al. did: one exam per step (its slices are the batch), binary
-cross-entropy weighted by inverse class prevalence, Adam with weight decay, random rotation,
-shift and flip of the whole exam. A stratified `tune_fraction` of the training exams is held out
+cross-entropy weighted by inverse class prevalence, Adam with weight decay (constant learning rate
+or a cosine decay per step), optional random rotation, shift and flip of the whole exam; the
+trunk's normalisation is `norm` (`pipeline.models.mrnet`: per-exam BatchNorm by default). A stratified `tune_fraction` of the training exams is held out
 for model selection (the best epoch by tune AUC is kept); test metrics are on the `valid` split.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from pipeline.errors import InputError
 from pipeline.io.classifier import Exam
-from pipeline.models.mrnet import MRNet, load_pretrained_features, normalise, resize_slices, to_pixels
+from pipeline.models.mrnet import MRNet, load_pretrained_features, normalise, prepare_volume, resize_slices, to_pixels
 from pipeline.models.torch_files import count_parameters
 from pipeline.parallel import worker_count
 from pipeline.training.device import autocast, seed_everything, select_device
@@ -40,6 +41,8 @@ class MRNetTrainConfig:
     device: str = "auto"
     seed: int = 0
     pretrained: Optional[str] = None
+    norm: str = "none"              # none | batch (per-exam statistics) | group | instance
+    schedule: str = "constant"      # constant | cosine (per step, to 0 at the last step)
     threads: int = 0                # CPU threads; 0 = one per available core
 
 
@@ -153,7 +156,7 @@ def _predict(model: MRNet, exams: Sequence[Exam], cfg: MRNetTrainConfig, mean: f
     logits = []
     with torch.no_grad(), autocast(device):
         for e in exams:
-            x = normalise(resize_slices(to_pixels(e.load()), cfg.image_size), mean, std).to(device)
+            x = prepare_volume(e.load(), cfg.image_size, mean, std).to(device)
             logits.append(float(model(x).float()))
             if progress:
                 progress(1)
@@ -171,15 +174,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def train_mrnet(train: Sequence[Exam], test: Sequence[Exam], cfg: MRNetTrainConfig, *,
+def train_mrnet(train: Sequence[Exam], test: Optional[Sequence[Exam]], cfg: MRNetTrainConfig, *,
                 log: LogFn = lambda m: None, progress: Progress = None,
                 extra_config: Optional[dict] = None) -> TrainResult:
     """Fit MRNet on `train` (minus the tune hold-out), keep the best epoch by tune AUC, and
-    report test metrics on `test`. `progress(n)` is called once per exam processed."""
+    report test metrics on `test` (None: tuning runs, which must not read the test exams).
+    `progress(n)` is called once per exam processed."""
     if cfg.image_size < MRNet.min_size:
         raise InputError(f"mrnet.image_size: must be >= {MRNet.min_size} for AlexNet, got {cfg.image_size}")
     check_classes(train, "mrnet: training split", min_each=2)
-    check_classes(test, "mrnet: test (valid) split")
+    if test is not None:
+        check_classes(test, "mrnet: test (valid) split")
     device = select_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or worker_count(0))
@@ -187,14 +192,15 @@ def train_mrnet(train: Sequence[Exam], test: Sequence[Exam], cfg: MRNetTrainConf
     fit, tune = tune_split(train, cfg.tune_fraction, cfg.seed)
     mean, std = pixel_stats(fit, cfg.image_size)
     model, opt = _new_model(cfg, device)
-    run = _Run(model, opt, cfg, device, mean, std, class_weights([e.label for e in fit]), gen, progress)
+    sched = _schedule(opt, cfg, steps=cfg.epochs * len(fit))
+    run = _Run(model, opt, sched, cfg, device, mean, std, class_weights([e.label for e in fit]), gen, progress)
     history, best = _fit(run, fit, tune, log)
 
     model.load_state_dict(best.state)
-    test_logits = _predict(model, test, cfg, mean, std, device, progress)
     threshold = youden_threshold([e.label for e in tune], _sigmoid(best.logits))
     metrics = {
-        "test": binary_metrics([e.label for e in test], _sigmoid(test_logits), threshold),
+        "test": None if test is None else binary_metrics(
+            [e.label for e in test], _sigmoid(_predict(model, test, cfg, mean, std, device, progress)), threshold),
         "best_epoch": best.epoch,
         "tune_auc": best.auc,
         "n_train": len(fit), "n_tune": len(tune),
@@ -217,7 +223,7 @@ def class_weights(labels: Sequence[int]) -> np.ndarray:
 
 def _new_model(cfg: MRNetTrainConfig, device: torch.device) -> tuple[MRNet, torch.optim.Optimizer]:
     """MRNet (He init, or the pretrained trunk) on `device`, and its Adam optimizer."""
-    model = MRNet()
+    model = MRNet(cfg.norm)
     if cfg.pretrained:
         load_pretrained_features(model, cfg.pretrained)
     model.to(device)
@@ -226,11 +232,24 @@ def _new_model(cfg: MRNetTrainConfig, device: torch.device) -> tuple[MRNet, torc
     return model, torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def _schedule(opt: torch.optim.Optimizer, cfg: MRNetTrainConfig, steps: int
+              ) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+    if cfg.schedule not in SCHEDULES:
+        raise InputError(f"mrnet.schedule: expected one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+
+
 @dataclass
 class _Run:
     """What every training step needs."""
     model: MRNet
     opt: torch.optim.Optimizer
+    sched: Optional[torch.optim.lr_scheduler.LRScheduler]
     cfg: MRNetTrainConfig
     device: torch.device
     mean: float                 # pixel statistics of the fit exams
@@ -303,4 +322,6 @@ def _train_step(run: _Run, e: Exam) -> float:
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()
+    if run.sched is not None:
+        run.sched.step()
     return float(logit.detach())
