@@ -2,9 +2,10 @@
 
 Per volume and run: fastMRI's metrics and their ROI-restricted versions (`pipeline.metrics`). Then,
 per variant, the seed-averaged means, and for each ROI variant the paired comparison with the
-baseline (`pipeline.stats`: an interval over seeds and volumes, the volume-only one beside it). The split streams one volume at a time (a DataLoader over the stores);
-every run reconstructs that volume, its metrics are taken and its reconstructions appended to the
-store, so only one volume's slices are in memory.
+baseline (`pipeline.stats`: an interval over seeds and volumes, the volume-only one beside it).
+The split streams one volume at a time (a DataLoader over the stores); every run reconstructs that
+volume, its metrics are taken and its reconstructions appended to the store, so only one volume's
+slices are in memory.
 
 Outputs: the tracked metrics (at most 40 numbers: per variant nmse/psnr/ssim/roi_psnr/roi_ssim, per
 comparison delta/ci95_low/ci95_high/p of roi_psnr and psnr, the two-level ones), a detail JSON
