@@ -2,14 +2,16 @@
 
 Per volume and run: fastMRI's metrics and their ROI-restricted versions (`pipeline.metrics`). Then,
 per variant, the seed-averaged means, and for each ROI variant the paired comparison with the
-baseline (`pipeline.stats`). The split streams one volume at a time (a DataLoader over the stores);
-every run reconstructs that volume, its metrics are taken and its reconstructions appended to the
-store, so only one volume's slices are in memory.
+baseline (`pipeline.stats`: an interval over seeds and volumes, the volume-only one beside it).
+The split streams one volume at a time (a DataLoader over the stores); every run reconstructs that
+volume, its metrics are taken and its reconstructions appended to the store, so only one volume's
+slices are in memory.
 
 Outputs: the tracked metrics (at most 40 numbers: per variant nmse/psnr/ssim/roi_psnr/roi_ssim, per
-comparison delta/ci95_low/ci95_high/p of roi_psnr and psnr), a detail JSON (everything else:
-all comparisons, seed SDs, per-seed means, counts, the Grad-CAM variant's share of the oracle's ROI
-gain, timings), the long per-volume CSV and the
+comparison delta/ci95_low/ci95_high/p of roi_psnr and psnr, the two-level ones), a detail JSON
+(everything else: all comparisons with their variance components and `volume_only` interval and
+Wilcoxon p, the half-width projected for more seeds, seed SDs, per-seed means, counts, the Grad-CAM
+variant's share of the oracle's ROI gain, timings), the long per-volume CSV and the
 reconstructions store (`<split>/zero_filled`, `<split>/<variant>/seed<k>`, in target units).
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pipeline.metrics import ALL, volume_metrics
 from pipeline.models.registry import load_unet
 from pipeline.reports import clean
 from pipeline.boxes import Box, slice_masks, split_boxes, without_labels
-from pipeline.stats import bootstrap_interval, compare_all, seed_means, share_of_gain
+from pipeline.stats import bootstrap_interval, compare_all, projected_half_width, seed_means, share_of_gain
 from pipeline.store import ShardedWriter, atomic_path, finish_store
 from pipeline.training.device import select_device
 from pipeline.unet_data import SliceStores, iterate, volume_loader
@@ -46,7 +48,8 @@ ZERO_FILLED = "zero_filled"
 COMPARED = ("roi_psnr", "roi_ssim", "roi_nmse", "psnr", "ssim", "nmse")   # in the detail JSON
 TRACKED_MEANS = ("nmse", "psnr", "ssim", "roi_psnr", "roi_ssim")
 TRACKED_COMPARED = ("roi_psnr", "psnr")
-TRACKED_STATS = ("delta", "ci95_low", "ci95_high", "p")
+TRACKED_STATS = ("delta", "ci95_low", "ci95_high", "p")           # the two-level ones (pipeline.stats)
+PROJECTED_SEEDS = (3, 4, 5, 6)  # seed counts the detail projects each tracked comparison's half-width to
 DIGITS = 8                      # significant digits in the JSON reports
 Progress = Optional[Callable[[int], None]]
 
@@ -253,16 +256,29 @@ def summarize(table: pd.DataFrame, n_resamples: int, seed: int = 0) -> tuple[dic
         "n_slices": int(vols["n_slices"].sum()), "n_roi_slices": int(vols["n_roi_slices"].sum()),
         "seeds": sorted(int(s) for s in table["seed"].dropna().unique()),
         "bootstrap": {"method": "BCa", "resamples": n_resamples, "seed": seed, "confidence": 0.95},
+        "comparison_interval": {"method": "two-level: crossed seed x volume random effects, t interval with "
+                                          "Satterthwaite df, t-test p", "confidence": 0.95,
+                                "volume_only": "BCa bootstrap over volumes of seed-averaged differences, Wilcoxon p"},
         "means": {v: {m: _clean(x) for m, x in means[v].items()} for v in variants},
         "means_ci95": {v: _clean(variant_intervals(table, v, TRACKED_MEANS, n_resamples, seed)) for v in variants},
         "per_seed_means": _per_seed_means(table),
         "comparisons": _clean(comparisons),
+        "projected_half_width": _clean(_projections(comparisons)),
     }
     if {"weighted", "oracle", REFERENCE} <= set(table["variant"]):
         detail["weighted_share_of_oracle_gain"] = _clean(
             {m: share_of_gain(table, "weighted", "oracle", REFERENCE, m, n_resamples=n_resamples, seed=seed)
              for m in ("roi_psnr", "roi_ssim")})
     return metrics, detail
+
+
+def _projections(comparisons: dict) -> dict:
+    """Each tracked comparison's expected two-level half-width with PROJECTED_SEEDS seeds on its
+    volumes, from its measured variance components: {name: {metric: {n_seeds: half-width}}}."""
+    return {name: {m: {str(s): projected_half_width(c["variance_components"], s, c["n_volumes"])
+                       for s in PROJECTED_SEEDS}
+                   for m, c in by_metric.items() if m in TRACKED_COMPARED}
+            for name, by_metric in comparisons.items()}
 
 
 def _per_seed_means(table: pd.DataFrame) -> dict[str, dict[str, float]]:

@@ -20,6 +20,7 @@ METRIC_GROUPS = (("psnr", "difference in PSNR (dB)", 2), ("ssim", "difference in
                  ("nmse", "difference in NMSE (unitless)", 4))
 MARKERS = ("o", "s", "^", "D", "v")
 LINESTYLES = ("-", "--", ":", "-.")
+TWO_LEVEL_WIDTH, TWO_LEVEL_ALPHA, VOLUME_ONLY_WIDTH = 7.0, 0.45, 1.5   # forest bars: outer, inner
 CURVES = (("val/psnr", "validation PSNR (dB)"), ("val/loss", "validation loss"), ("train/loss", "training loss"))
 
 
@@ -73,8 +74,10 @@ def forest_plot(path: Path | str, comparisons: Mapping[str, Mapping[str, Mapping
 
 
 def forest_figure(comparisons: Mapping[str, Mapping[str, Mapping]]) -> Figure:
-    """Mean paired difference (point) and 95% interval (line) per (comparison, metric); one panel
-    per unit group, a zero line, and the numbers as text at the right."""
+    """Mean paired difference (point) and 95% interval per (comparison, metric): the interval over
+    seeds and volumes (`ci95_low`/`ci95_high`) as a thick bar, the volume-only one (`volume_only`,
+    when given) as a thin dark bar inside it; one panel per unit group, a zero line, a legend and the
+    two-level numbers as text at the right."""
     groups = forest_rows(comparisons)
     rows = sum(len(r) for r in groups.values())
     fig = Figure(figsize=(10, 1.2 + 0.42 * rows + 0.9 * len(groups)), dpi=DPI, layout="constrained")
@@ -86,7 +89,14 @@ def forest_figure(comparisons: Mapping[str, Mapping[str, Mapping]]) -> Figure:
         colors = {name: f"C{i}" for i, name in enumerate(comparisons)}
         for ax, (label, group_rows) in zip(axes, groups.items()):
             _forest_panel(ax, label, group_rows, colors)
-    fig.suptitle("Paired differences between variants over test volumes (mean, 95% interval)", fontsize=10)
+    fig.suptitle("Paired differences between variants over test volumes and training seeds (mean, 95% interval)",
+                 fontsize=10)
+    if groups:
+        fig.legend(handles=[Line2D([], [], color="0.5", alpha=TWO_LEVEL_ALPHA, linewidth=TWO_LEVEL_WIDTH,
+                                   label="95% interval over seeds and volumes (two-level t)"),
+                            Line2D([], [], color="0.1", linewidth=VOLUME_ONLY_WIDTH,
+                                   label="volume-only (seeds averaged, BCa)")],
+                   loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     return fig
 
 
@@ -96,9 +106,14 @@ def _forest_panel(ax, label: str, rows: Sequence[tuple[str, str, Mapping]], colo
     for y, (name, metric, stats) in enumerate(rows):
         d, lo, hi = (as_float(stats.get(k)) for k in ("delta", "ci95_low", "ci95_high"))
         if math.isfinite(lo) and math.isfinite(hi):
-            ax.hlines(y, lo, hi, color=colors[name], linewidth=2)
+            ax.hlines(y, lo, hi, color=colors[name], linewidth=TWO_LEVEL_WIDTH, alpha=TWO_LEVEL_ALPHA)
+        inner = stats.get("volume_only") or {}
+        vlo, vhi = as_float(inner.get("ci95_low")), as_float(inner.get("ci95_high"))
+        if math.isfinite(vlo) and math.isfinite(vhi):
+            ax.hlines(y, vlo, vhi, color="0.1", linewidth=VOLUME_ONLY_WIDTH)
+            finite += [vlo, vhi]
         if math.isfinite(d):
-            ax.plot([d], [y], "o", color=colors[name], markersize=6)
+            ax.plot([d], [y], "o", color=colors[name], markersize=6, markeredgecolor="0.1", zorder=3)
         else:
             ax.text(0.0, y, " n/a", va="center", ha="left", fontsize=8, color="0.4")
         finite += [x for x in (d, lo, hi) if math.isfinite(x)]

@@ -1,7 +1,8 @@
 """The figures evaluate writes, assembled from an `Evaluation`:
 
 - `figures/compare.png`: forest plot, each comparison with the baseline, mean paired difference and
-  95% interval per metric, with the zero line;
+  95% interval per metric (over seeds and volumes, the volume-only one as a thin inner bar), with
+  the zero line;
 - `figures/paired_roi_psnr.png`: ROI PSNR per volume, baseline against each ROI variant (seed-averaged), y = x;
 - `figures/training_curves.png`: every variant and seed's per-epoch curves, one panel per quantity;
 - `error_maps/*.png`: the slices with the largest boxes (chosen from the boxes alone), zero-filled and

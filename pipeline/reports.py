@@ -37,23 +37,34 @@ def write_json(path: Path | str, payload: dict, digits: Optional[int] = None) ->
 VARIANTS = ("zero_filled", "baseline", "weighted", "oracle")
 
 
-def metrics_table(m: dict) -> str:
+def metrics_table(m: dict, detail: Optional[dict] = None) -> str:
     """The tracked metrics as text: each variant's seed-averaged means, then each comparison with the
-    baseline (paired by volume: delta, 95% bootstrap interval, Wilcoxon p). Also printed by `evaluate`."""
+    baseline (paired by seed and volume: delta, 95% interval over seeds and volumes, t-test p) and,
+    given evaluate's detail JSON, the seed count and the volume-only interval and Wilcoxon p beside
+    it. Also printed by `evaluate`."""
     cols = [("NMSE", "nmse", "{:.4f}"), ("PSNR", "psnr", "{:.2f}"), ("SSIM", "ssim", "{:.4f}"),
             ("ROI PSNR", "roi_psnr", "{:.2f}"), ("ROI SSIM", "roi_ssim", "{:.4f}")]
     lines = [f"{'':<13}" + "".join(f"{c:>10}" for c, _, _ in cols)]
     for v in VARIANTS:
         if v in m:
             lines.append(f"{v:<13}" + "".join(f"{_fmt(m[v].get(k), fmt):>10}" for _, k, fmt in cols))
+    comparisons = (detail or {}).get("comparisons", {})
     for name, by_metric in m.items():
         if "_vs_" not in name:
             continue
         for k, s in by_metric.items():
-            lines.append(f"{name} {k}: delta {_fmt(s.get('delta'), '{:+.3f}')} "
-                         f"[{_fmt(s.get('ci95_low'), '{:+.3f}')}, {_fmt(s.get('ci95_high'), '{:+.3f}')}], "
-                         f"p {_fmt(s.get('p'), '{:.3g}')}")
+            line = f"{name} {k}: delta {_fmt(s.get('delta'), '{:+.3f}')} {_interval(s)}, p {_fmt(s.get('p'), '{:.3g}')}"
+            c = comparisons.get(name, {}).get(k)
+            if c:
+                v = c.get("volume_only") or {}
+                line += (f" ({_fmt(c.get('n_seeds'), '{:d}')} seeds x {_fmt(c.get('n_volumes'), '{:d}')} volumes;"
+                         f" volume-only {_interval(v)}, Wilcoxon p {_fmt(v.get('p_wilcoxon'), '{:.3g}')})")
+            lines.append(line)
     return "\n".join(lines)
+
+
+def _interval(s: dict) -> str:
+    return f"[{_fmt(s.get('ci95_low'), '{:+.3f}')}, {_fmt(s.get('ci95_high'), '{:+.3f}')}]"
 
 
 def _fmt(x, fmt: str) -> str:

@@ -28,8 +28,9 @@ def evaluate_cmd(
     """Score zero-filled and all U-Nets: metrics, tests, figures.
 
     Runs on evaluate.split (test for the final numbers, val for tuning). Metrics are fastMRI's (per volume,
-    then mean), whole image and inside the ROI boxes; comparisons are paired by volume (seeds averaged),
-    with a BCa bootstrap interval and a Wilcoxon p-value (pipeline/stats.py).
+    then mean), whole image and inside the ROI boxes; comparisons are paired by seed and volume, with a
+    95% interval over both (two-level t, Satterthwaite df) and its t-test p; the volume-only BCa
+    interval and Wilcoxon p (seeds averaged) go to the detail JSON (pipeline/stats.py).
 
     Reads: the three stores, the ROI boxes, models/unet/<variant>_s<seed>.pt for baseline, weighted and
     oracle and every seed in unet.seeds.
@@ -69,4 +70,4 @@ def evaluate_cmd(
     typer.echo(f"evaluate: {info['n_volumes']} {e.split} volumes ({info['n_roi_volumes']} with ROI boxes), "
                f"{info['n_slices']} slices, {len(runs)} U-Nets -> {metrics}, {detail}, {per_volume}, {out}, "
                f"{n_png} figures")
-    typer.echo(metrics_table(tracked))
+    typer.echo(metrics_table(tracked, info))

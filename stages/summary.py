@@ -18,6 +18,10 @@ def summary_cmd(
 ) -> None:
     """Where the results are, and the metrics as a table.
 
+    Each comparison reads as delta, its 95% interval over training seeds and test volumes and p
+    (the tracked two-level numbers), then, from the detail JSON, the seed and volume counts and the
+    volume-only interval and Wilcoxon p beside it.
+
     Reads: reports/metrics.json, reports/evaluation.json, reports/.
 
     Writes: nothing."""
@@ -30,12 +34,14 @@ def summary_cmd(
     except json.JSONDecodeError as exc:
         raise InputError(f"{metrics}: not valid JSON ({exc})") from None
     detail_path = metrics.with_name("evaluation.json")
+    d = None
     if detail_path.is_file():
         d = json.loads(detail_path.read_text())
         typer.echo(f"{d.get('split')} split: {d.get('n_volumes')} volumes, {d.get('n_slices')} slices "
                    f"({d.get('n_roi_volumes')} volumes / {d.get('n_roi_slices')} slices with ROI boxes), "
                    f"seeds {d.get('seeds')}")
-    typer.echo(metrics_table(m))
+    typer.echo("comparisons: delta, 95% interval over training seeds and test volumes, t-test p")
+    typer.echo(metrics_table(m, d))
     typer.echo("")
     where = [
         ("metrics", metrics), ("comparison detail", reports / "evaluation.json"),

@@ -164,11 +164,19 @@ def test_tracked_metrics_are_seed_averaged_means_and_paired_comparisons(setup, e
     table["seed"] = table["seed"].astype("Int64")
     ref = compare(table, "oracle", "baseline", "psnr", n_resamples=1000)
     assert m["oracle_vs_baseline"]["psnr"]["delta"] == pytest.approx(ref["delta"], abs=2e-6)
-    assert m["oracle_vs_baseline"]["psnr"]["p"] == pytest.approx(ref["p"], abs=2e-6)
+    # one test volume here: no interval over volumes, so none tracked (test_stats checks the two-level
+    # interval itself; test_evaluate_summary_tracks_the_two_level_interval its place in the outputs)
+    assert ref["n_seeds"] == len(SEEDS) and ref["n_volumes"] == 1
+    assert m["oracle_vs_baseline"]["psnr"]["ci95_low"] is None and m["oracle_vs_baseline"]["psnr"]["p"] is None
     detail = json.loads((out / "evaluation.json").read_text())
     assert detail["seeds"] == list(SEEDS) and detail["n_roi_volumes"] == 1 and detail["n_roi_slices"] == 2
     c = detail["comparisons"]["weighted_vs_baseline"]["roi_psnr"]
     assert c["n_volumes"] == 1 and set(c["per_seed"]) == {"0", "1"}
+    assert c["ci95_low"] is None and c["volume_only"]["ci95_low"] is None     # one volume: no interval
+    v = detail["comparisons"]["oracle_vs_baseline"]["psnr"]["volume_only"]
+    assert set(v) == {"delta", "ci95_low", "ci95_high", "p_wilcoxon", "n_volumes"}
+    proj = detail["projected_half_width"]["oracle_vs_baseline"]
+    assert set(proj) == {"roi_psnr", "psnr"} and proj["psnr"] == {"3": None, "4": None, "5": None, "6": None}
     assert set(detail["comparisons"]["oracle_vs_baseline"]) >= {"roi_ssim", "ssim", "nmse"}
     # one test volume here: no interval of a variant's mean (test_stats checks the bootstrap itself)
     assert detail["means_ci95"]["weighted"]["psnr"] == [None, None]
@@ -180,6 +188,37 @@ def _keys(obj):
         for k, v in obj.items():
             yield k
             yield from _keys(v)
+
+
+Z_2X4 = np.array([[0.3, 0.1, 0.5, 0.2], [0.1, 0.0, 0.2, 0.1]])   # oracle - baseline, 2 seeds x 4 volumes
+
+
+def _summarized_2x4() -> tuple[dict, dict]:
+    """`summarize` of a baseline and an oracle over 2 seeds x 4 volumes, oracle - baseline = Z_2X4."""
+    from pipeline.evaluation import summarize
+    rows = [{"variant": v, "seed": s, "volume": f"v{k}", "split": "test", "n_slices": 4, "n_roi_slices": 1,
+             **{m: 20.0 + k + (Z_2X4[s, k] if v == "oracle" else 0.0) for m in ALL}}
+            for v in ("baseline", "oracle") for s in (0, 1) for k in range(4)]
+    table = pd.DataFrame(rows)
+    table["seed"] = table["seed"].astype("Int64")
+    return summarize(table, n_resamples=1000)
+
+
+def test_evaluate_summary_tracks_the_two_level_interval():
+    # the tracked comparison is the two-level one, the volume-only one sits in the detail, and the
+    # detail projects the half-width to more seeds
+    from pipeline.stats import two_level_interval
+    m, detail = _summarized_2x4()
+    ref = two_level_interval(Z_2X4)
+    tracked = m["oracle_vs_baseline"]["roi_psnr"]
+    assert set(tracked) == {"delta", "ci95_low", "ci95_high", "p"}
+    assert [tracked[k] for k in ("delta", "ci95_low", "ci95_high", "p")] == pytest.approx(
+        [ref[k] for k in ("delta", "ci95_low", "ci95_high", "p")], rel=1e-7)
+    c = detail["comparisons"]["oracle_vs_baseline"]["roi_psnr"]
+    assert c["n_seeds"] == 2 and c["df"] == pytest.approx(ref["df"], rel=1e-7)
+    assert c["volume_only"]["ci95_high"] < tracked["ci95_high"]        # the seed noise widens it
+    assert detail["projected_half_width"]["oracle_vs_baseline"]["roi_psnr"]["3"] > 0
+    assert detail["comparison_interval"]["volume_only"].startswith("BCa")
 
 
 def test_no_timing_or_version_in_any_tracked_metric(evaluated):
@@ -228,6 +267,20 @@ def test_summary(evaluated, tmp_path):
     r = run_cli("summary", "--metrics", out / "metrics.json", "--reports", out)
     assert r.exit_code == 0, r.output
     assert "oracle_vs_baseline roi_psnr: delta" in r.output and "ROI SSIM" in r.output and "error maps" in r.output
+    # the tracked (two-level) interval first, the volume-only one from the detail beside it
+    from pipeline.reports import write_json
+    metrics, detail = _summarized_2x4()
+    write_json(tmp_path / "metrics.json", metrics)
+    write_json(tmp_path / "evaluation.json", detail)
+    r = run_cli("summary", "--metrics", tmp_path / "metrics.json", "--reports", tmp_path)
+    assert r.exit_code == 0, r.output
+    m, v = metrics["oracle_vs_baseline"]["psnr"], detail["comparisons"]["oracle_vs_baseline"]["psnr"]["volume_only"]
+    line = next(x for x in r.output.splitlines() if x.startswith("oracle_vs_baseline psnr:"))
+    assert line.startswith(f"oracle_vs_baseline psnr: delta {m['delta']:+.3f} [{m['ci95_low']:+.3f}, "
+                           f"{m['ci95_high']:+.3f}], p {m['p']:.3g} (2 seeds x 4 volumes; ")
+    assert line.endswith(f"volume-only [{v['ci95_low']:+.3f}, {v['ci95_high']:+.3f}], "
+                         f"Wilcoxon p {v['p_wilcoxon']:.3g})")
+    assert "seeds and test volumes" in r.output
     r = run_cli("summary", "--metrics", tmp_path / "none.json")
     assert r.exit_code == 1 and "no metrics yet" in r.output
 

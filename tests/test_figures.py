@@ -191,6 +191,24 @@ def test_forest_groups_by_unit_and_tolerates_nan(tmp_path):
     assert_png(tmp_path / "empty.png")
 
 
+def test_forest_draws_the_two_level_interval_with_the_volume_only_one_inside():
+    inner = {"ci95_low": 0.05, "ci95_high": 0.35}
+    comparisons = {"oracle_vs_baseline": {"roi_psnr": {**stats(0.19, -0.11, 0.49, 0.15, 36), "volume_only": inner},
+                                          "psnr": stats(-0.14, -0.34, 0.07, 0.11, 40)}}
+    fig = fc.forest_figure(comparisons)
+    ax = fig.axes[0]
+    bars = [(c.get_segments()[0][:, 0].tolist(), c.get_segments()[0][0, 1], float(c.get_linewidth()[0]))
+            for c in ax.collections]
+    # row 0: the thick two-level bar, then the thin volume-only one inside it; row 1 has no volume-only
+    assert bars == [([-0.11, 0.49], 0.0, fc.TWO_LEVEL_WIDTH), ([0.05, 0.35], 0.0, fc.VOLUME_ONLY_WIDTH),
+                    ([-0.34, 0.07], 1.0, fc.TWO_LEVEL_WIDTH)]
+    assert fc.VOLUME_ONLY_WIDTH < fc.TWO_LEVEL_WIDTH
+    assert "Δ=+0.19 [-0.11, +0.49] p=0.15 n=36" in [t.get_text() for t in ax.texts]   # the two-level numbers
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "seeds and volumes" in legend[0] and "volume-only" in legend[1]
+    assert_fits(fig)
+
+
 # ---- paired per-volume plot -----------------------------------------------------------------------
 
 def paired_table() -> pd.DataFrame:
