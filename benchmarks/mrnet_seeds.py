@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.models.mrnet import prepare_volume  # noqa: E402
+from pipeline.models.mrnet import exam_logit  # noqa: E402
 from pipeline.reports import write_json  # noqa: E402
 from pipeline.training.mrnet import roc_auc  # noqa: E402
 from pipeline.training.mrnet import train_mrnet  # noqa: E402
@@ -53,9 +53,7 @@ def largest_box_area(data_dir: Path) -> dict[str, float]:
 def auc_by_lesion_size(model, config: dict, exams, largest: dict[str, float]) -> dict:
     """Test AUC of the abnormal exams with a small (<= median) or large largest box, each against
     every normal exam."""
-    with torch.no_grad():
-        score = {e.id: float(model(prepare_volume(e.load(), config["image_size"], config["mean"], config["std"])))
-                 for e in exams}
+    score = {e.id: exam_logit(model, e.load(), config) for e in exams}
     abnormal = [e.id for e in exams if e.label and e.id in largest]
     normal = [e.id for e in exams if not e.label]
     cut = float(np.median([largest[i] for i in abnormal]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import platform
 import statistics
 import sys
@@ -88,10 +89,11 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the stage's choice)")
     ap.add_argument("--out", type=Path, default=REPO / "reports/bench/mrnet_tune.json")
+    ap.add_argument("--append", action="store_true", help="keep the rows already in --out")
     args = ap.parse_args()
     p = load_params(args.params)
     train = exam_splits(p, Path(p.mrnet.data_dir))["train"]
-    rows = []
+    rows = json.loads(args.out.read_text())["rows"] if args.append and args.out.is_file() else []
     for setting in parse_grid(args.grid):
         runs = {}
         for seed in (int(s) for s in args.seeds.split(",")):
@@ -99,18 +101,28 @@ def main() -> None:
             print(f"{setting} seed {seed}: {runs[str(seed)]}", file=sys.stderr, flush=True)
         cfg = dataclasses.replace(train_config(p.mrnet, 0), **{k: v for k, v in setting.items() if k != "exams"})
         n = runs[next(iter(runs))]["n_fit"]
-        rows.append({"setting": setting, "runs": runs, "exam_passes": cfg.epochs * n,
+        rows.append({"setting": {**_recipe(p.mrnet), **setting}, "runs": runs, "exam_passes": cfg.epochs * n,
                      "tune_auc_mean": statistics.mean(r["tune_auc"] for r in runs.values()),
                      "seconds_mean": statistics.mean(r["seconds"] for r in runs.values())})
+        write(args.out, rows, len(train))          # after every setting: a long sweep keeps what it ran
     chosen = pick(rows)
-    write_json(args.out, {"benchmark": "mrnet_tune", "python": platform.python_version(),
-                          "torch_threads": torch.get_num_threads(), "n_train_exams": len(train),
-                          "rule": f"largest mean tune AUC among settings training in <= {BUDGET_S:.0f} s; "
-                                  f"within {TIE} of the best, fewest exam passes",
-                          "rows": rows, "chosen": chosen and chosen["setting"]})
     for r in rows:
         print(f"{r['setting']}: tune AUC {r['tune_auc_mean']:.3f}, {r['seconds_mean']:.0f} s", file=sys.stderr)
     print(f"chosen: {chosen and chosen['setting']}", file=sys.stderr)
+
+
+def _recipe(m) -> dict:
+    """The settings a row is read against (params.yaml's, before the grid's overrides)."""
+    return {"norm": m.norm, "lr": m.lr, "epochs": m.epochs, "schedule": m.schedule}
+
+
+def write(out: Path, rows: list[dict], n_train: int) -> None:
+    chosen = pick(rows)
+    write_json(out, {"benchmark": "mrnet_tune", "python": platform.python_version(),
+                     "torch_threads": torch.get_num_threads(), "n_train_exams": n_train,
+                     "rule": f"largest mean tune AUC among settings training in <= {BUDGET_S:.0f} s; "
+                             f"within {TIE} of the best, fewest exam passes",
+                     "rows": rows, "chosen": chosen and chosen["setting"]})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.errors import InputError
 from pipeline.io.classifier import list_exams, load_pickled_array
-from pipeline.models.mrnet import MRNet, load_mrnet, load_pretrained_features, prepare_volume, save_mrnet, to_pixels
+from pipeline.models.mrnet import MRNet, exam_logit, load_mrnet, load_pretrained_features, prepare_volume, save_mrnet, to_pixels
 from pipeline.models.torch_files import count_parameters
 from pipeline.training.mrnet import (MRNetTrainConfig, binary_metrics, roc_auc, train_mrnet, tune_split,
                                      youden_threshold)
@@ -98,6 +98,56 @@ def test_exam_logit_is_max_over_slices():
         assert torch.allclose(model(a), model(a.expand(-1, 3, -1, -1)))
 
 
+@pytest.mark.parametrize("norm,extra", [("none", 0), ("batch", 2 * (64 + 192 + 384 + 256 + 256)),
+                                         ("group", 2 * (64 + 192 + 384 + 256 + 256))])
+def test_norm_layers_keep_alexnet_conv_names(norm, extra):
+    model = MRNet(norm)
+    assert count_parameters(model) == 2_469_953 + extra
+    feats = {k: tuple(v.shape) for k, v in model.state_dict().items()
+             if k.startswith("features.") and k.split(".")[1] in ("0", "3", "6", "8", "10")}
+    assert feats == ALEXNET_FEATURES            # pretrained AlexNet weights still load by name
+    assert not any("running" in k for k in model.state_dict())    # no running statistics to go stale
+    with pytest.raises(InputError, match="norm"):
+        MRNet("layer")
+
+
+def test_per_exam_batchnorm_uses_the_exams_own_statistics_in_train_and_eval():
+    torch.manual_seed(0)
+    model = MRNet("batch")
+    torch.nn.init.normal_(model.classifier.weight, std=0.1)
+    exam, other = torch.randn(6, 1, 64, 64), 3.0 + 2.0 * torch.randn(6, 1, 64, 64)
+    with torch.no_grad():
+        train_mode = model.train()(exam)
+        eval_mode = model.eval()(exam)
+        assert torch.equal(train_mode, eval_mode)        # the same statistics in both modes
+        # one slice's logit depends on the rest of its exam (per-exam statistics) ...
+        alone = model.slice_logits(exam)[0]
+        with_other = model.slice_logits(torch.cat([exam[:1], other[1:]]))[0]
+        assert not torch.allclose(alone, with_other)
+        # ... and a scaling of the whole exam's intensities cancels in the first norm layer (zero conv bias)
+        assert torch.allclose(model(exam), model(exam * 2.0), atol=1e-4)
+    # a saved per-exam BatchNorm model loads back as one
+    assert model.batch_dependent and not MRNet("group").batch_dependent and not MRNet().batch_dependent
+
+
+def test_detached_statistics_give_the_same_values_and_each_slice_its_own_gradient():
+    from pipeline.gradcam import explainable
+    torch.manual_seed(1)
+    model = MRNet("batch").eval()
+    torch.nn.init.normal_(model.classifier.weight, std=0.1)
+    x = torch.randn(4, 1, 64, 64)
+    frozen = explainable(model)
+    with torch.no_grad():
+        assert torch.allclose(frozen.slice_logits(x), model.slice_logits(x), atol=1e-5)
+    # slice 0's logit: with the statistics as constants, no gradient reaches the other slices
+    xg = x.clone().requires_grad_(True)
+    frozen.slice_logits(xg)[0].sum().backward()
+    assert xg.grad[0].abs().sum() > 0 and xg.grad[1:].abs().sum() == 0
+    xg = x.clone().requires_grad_(True)
+    model.slice_logits(xg)[0].sum().backward()            # through the statistics: it does
+    assert xg.grad[1:].abs().sum() > 0
+
+
 def test_pretrained_alexnet_weights_load_without_torchvision(tmp_path):
     g = torch.Generator().manual_seed(1)
     state = {k: torch.randn(s, generator=g) for k, s in {**ALEXNET_FEATURES, **ALEXNET_HEAD}.items()
@@ -116,12 +166,12 @@ def test_pretrained_alexnet_weights_load_without_torchvision(tmp_path):
 
 
 def test_model_file_roundtrip_and_bad_files(tmp_path):
-    model = MRNet()
-    save_mrnet(tmp_path / "m.pt", model, {"image_size": 64, "mean": 50.0, "std": 20.0})
+    model = MRNet("batch")
+    save_mrnet(tmp_path / "m.pt", model, {"image_size": 64, "mean": 50.0, "std": 20.0, "norm": "batch"})
     blob = torch.load(tmp_path / "m.pt", weights_only=True)
     assert set(blob) == {"state_dict", "config"} and blob["config"]["arch"] == "mrnet-alexnet"
     loaded, config = load_mrnet(tmp_path / "m.pt")
-    assert config["image_size"] == 64
+    assert config["image_size"] == 64 and loaded.norm == "batch"
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
     with pytest.raises(InputError, match="not found"):
@@ -302,7 +352,7 @@ def test_train_mrnet_stage(tmp_path):
     # the reported test metrics are the saved model's on the valid exams, at the saved threshold
     exams = list_exams("synthetic", easy_dir, "valid")
     with torch.no_grad():
-        logits = np.array([float(model(prepare_volume(e.load(), config["image_size"], config["mean"], config["std"])))
+        logits = np.array([exam_logit(model, e.load(), config)
                            for e in exams])
     expected = binary_metrics([e.label for e in exams], 1 / (1 + np.exp(-logits)), config["threshold"])
     assert report["test"] == pytest.approx(expected, rel=1e-5, abs=1e-6)

@@ -1,6 +1,8 @@
 """params.yaml is read as YAML 1.2 (DVC's semantics) and validated into typed settings."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from ruamel.yaml import YAML
 
@@ -15,14 +17,16 @@ def test_repo_params_arrive_as_written():
     raw = YAML(typ="safe", pure=True).load((REPO / "params.yaml").read_text())
     settings = load_params(REPO / "params.yaml").model_dump()
     assert settings == raw
-    assert settings["mrnet"]["lr"] == 5e-5 and settings["data"]["annotation_frame"] is None   # spot checks
+    lr = re.search(r"\nmrnet:\n(?:  .*\n)*?  lr: (\S+)", (REPO / "params.yaml").read_text()).group(1)
+    assert settings["mrnet"]["lr"] == float(lr) and settings["data"]["annotation_frame"] is None   # spot checks
 
 
 def test_yaml_12_floats(tmp_path):
     f = tmp_path / "p.yaml"
     text = (REPO / "params.yaml").read_text()
-    assert "  lr: 5.0e-5 " in text and "  acceleration: 4\n" in text
-    f.write_text(text.replace("  lr: 5.0e-5 ", "  lr: 1e-4 ").replace("  acceleration: 4\n", "  acceleration: 8\n"))
+    lr = re.search(r"\nmrnet:\n(?:  .*\n)*?(  lr: \S+ )", text).group(1)
+    assert "e-" in lr and "  acceleration: 4\n" in text        # YAML 1.1 would read "1.0e-3" as a string
+    f.write_text(text.replace(lr, "  lr: 1e-4 ").replace("  acceleration: 4\n", "  acceleration: 8\n"))
     p = load_params(f)
     assert p.mrnet.lr == pytest.approx(1e-4) and isinstance(p.mrnet.lr, float)
     assert p.mask.acceleration == 8.0
@@ -57,3 +61,11 @@ def test_gradcam_methods_are_the_librarys():
     from pipeline.gradcam import METHODS
     from stages.settings import GradCAMSettings
     assert typing.get_args(GradCAMSettings.model_fields["method"].annotation) == METHODS
+
+
+def test_mrnet_norms_are_the_librarys():
+    import typing
+
+    from pipeline.models.mrnet import NORMS
+    from stages.settings import MRNetSettings
+    assert typing.get_args(MRNetSettings.model_fields["norm"].annotation) == NORMS
