@@ -21,7 +21,6 @@ import itertools
 import math
 import os
 import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -33,7 +32,7 @@ from numcodecs.zstd import Zstd
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from pipeline.errors import InputError, first_line
-from pipeline.tmp_sweep import sweep_stale_temporaries
+from pipeline.tmp_sweep import Claim, sweep
 
 SPLITS = ("train", "val", "test")
 
@@ -50,24 +49,29 @@ def shard_slices(slice_nbytes: int, target_bytes: int = 16 << 20) -> int:
 def atomic_path(final: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it replaces `final`, on error it is removed.
 
-    A killed process leaves only a `.tmp-*` sibling, never something that looks complete.
+    A killed process leaves only `.tmp-`/`.old-`/`.lock-` siblings that name it as their gone owner,
+    never something that looks complete; `tmp_sweep` removes them (see there for who and when).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temporaries(final)  # left by a killed earlier run (kill -9 skips the cleanup below)
-    tmp = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:8]}")
+    sweep(final)  # left by a killed earlier run (kill -9 skips the cleanup below)
+    claim = Claim(final)
+    tmp = claim.path("tmp")
     try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    if final.exists() or final.is_symlink():
-        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        _remove(old)
-    else:
-        os.replace(tmp, final)
+        try:
+            yield tmp
+        except BaseException:
+            _remove(tmp)
+            raise
+        if final.exists() or final.is_symlink():
+            old = claim.path("old")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            _remove(old)
+        else:
+            os.replace(tmp, final)
+    finally:
+        claim.release()
 
 
 def _remove(path: Path) -> None:

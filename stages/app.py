@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -53,9 +54,30 @@ def rerun_under_torchrun(ctx: typer.Context, nproc: int, reason: str) -> None:
         if ctx.params.get(param.name) is not None:
             argv += ["--" + param.name.replace("_", "-"), str(ctx.params[param.name])]
     typer.echo(f"{ctx.info_name}: {reason}: running under torchrun ({nproc} processes)")
-    code = subprocess.call(argv)
+    code = subprocess.call(argv, preexec_fn=_terminated_with_this_process())
     if code:
         raise typer.Exit(code)
+
+
+def _terminated_with_this_process() -> Callable[[], None] | None:
+    """A `preexec_fn`: the child gets SIGTERM when this process ends, even by kill -9 (Linux's
+    PR_SET_PDEATHSIG; None elsewhere). torchrun ends its workers on SIGTERM, so a killed train-unet
+    leaves no training running on; the pool workers of pipeline/parallel.py end the same way."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl   # looked up here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        if prctl(1, signal.SIGTERM, 0, 0, 0) == 0 and os.getppid() != parent:   # 1: PR_SET_PDEATHSIG
+            os._exit(1)   # this process ended before the signal was armed
+
+    return arm
 
 
 DEBUG_VARIABLE = "ROIRECON_DEBUG"

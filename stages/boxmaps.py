@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from pipeline.errors import InputError
+from pipeline.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, stage
 
 
@@ -29,6 +30,7 @@ def boxmaps_cmd(
     the header alone when none).
 
     Params: data.annotations, data.annotation_frame."""
+    owns(out, rejected)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.box_maps import write_box_maps
     from pipeline.io.annotations import write_rejected

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from pipeline.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, stage
 
 
@@ -40,6 +41,7 @@ def evaluate_cmd(
 
     Params: evaluate.*, unet.seeds and the unet.* widths (a checkpoint of other widths is refused),
     data.annotations, data.annotation_frame."""
+    owns(out, metrics, detail, per_volume, figures, error_maps)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.evaluation import (annotation_boxes, evaluate, model_runs, reconstructions_writer,
                                      summarize_evaluation, write_per_volume)

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from pipeline.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, named, stage
 
 SCORED_SPLIT = "test"
@@ -37,6 +38,7 @@ def gradcam_cmd(
     label), reports/gradcam/*.png.
 
     Params: gradcam.*, data.annotations, data.annotation_frame."""
+    owns(out, metrics, detail, overlays)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.boxes import check_boxes, split_boxes
     from pipeline.gradcam import GradCAMSpec, check_layer, source_mismatch, write_heatmaps

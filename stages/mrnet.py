@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from pipeline.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, named, stage
 
 
@@ -27,6 +28,7 @@ def train_mrnet_cmd(
     specificity on the `valid` split), per-epoch curves under --live.
 
     Params: seed, mrnet.*."""
+    owns(out, metrics, live)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.models.mrnet import save_mrnet
     from pipeline.reports import write_json

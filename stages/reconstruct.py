@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from pipeline.tmp_sweep import owns
 from stages.app import app, named, stage
 
 
@@ -34,6 +35,7 @@ def reconstruct_cmd(
     layout of fastMRI's save_reconstructions: score them with fastMRI's evaluate.py.
 
     Params: none (everything comes from the checkpoint)."""
+    owns(out)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.reconstruct import reconstruct
     from pipeline.training.device import select_device

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import typer
 
+from pipeline.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, stage
 
 
@@ -22,6 +23,7 @@ def synthesize_cmd(
     OUT/mrnet/ (MRNet-v1.0 exams).
 
     Params: seed, synthetic.*."""
+    owns(out)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.store import atomic_path
     from pipeline.synthetic import SyntheticSpec, synthesize

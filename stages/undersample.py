@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from pipeline.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, RAW_DIR_OPTION, app, named, slice_counts, stage
 
 
@@ -23,6 +24,7 @@ def undersample_cmd(
     Writes: data/undersampled.zarr (image, mean, std, mask per split).
 
     Params: data.*, mask.*."""
+    owns(out)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.parallel import worker_count
     from pipeline.slice_stores import MaskSpec, build_undersampled_store, scan

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from pipeline.errors import InputError
+from pipeline.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, named, rerun_under_torchrun, stage
 
 
@@ -44,6 +45,9 @@ def train_unet_cmd(
     the acquisition the inputs were made with), per-epoch curves under --live.
 
     Params: unet.* (not unet.seeds), loss.kind, loss.ssim_weight, loss.roi_weight (weighted/oracle)."""
+    run = f"{variant}_s{seed}"
+    out, checkpoint_dir = out or Path(f"models/unet/{run}.pt"), checkpoint_dir or Path(".roirecon/checkpoints") / run
+    owns(out, live, checkpoint_dir)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.models.registry import model_config
     from pipeline.training.unet import (CURVE_KEYS, ROI_VARIANTS, TrainConfig, epoch_line, is_main_process,
@@ -65,8 +69,7 @@ def train_unet_cmd(
                           roi_weight=lo.roi_weight_for(variant in ROI_VARIANTS), ssim_weight=lo.ssim_weight,
                           seed=seed, device=u.device, deterministic=u.deterministic, compile=u.compile)
     heatmaps = heatmaps if variant in ROI_VARIANTS else None
-    run, main = f"{variant}_s{seed}", is_main_process()
-    out, checkpoint_dir = out or Path(f"models/unet/{run}.pt"), checkpoint_dir or Path(".roirecon/checkpoints") / run
+    main = is_main_process()
     train = SliceStores(slices, undersampled, heatmaps, "train")
     val = SliceStores(slices, undersampled, heatmaps, "val", raw=True)
     stores = {"slices": str(slices), "undersampled": str(undersampled), "heatmaps": str(heatmaps) if heatmaps else None}

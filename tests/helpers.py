@@ -1,6 +1,8 @@
 """Helpers for tests that drive the CLI in-process."""
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -32,3 +34,23 @@ def run_cli(*args: str):
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def dvc_interpolate(text: str, params: dict, item=None) -> str:
+    """dvc.yaml text with `${key.path}` (from `params`) and `${item}` (a foreach item) filled in."""
+    def value(m: re.Match) -> str:
+        if m.group(1) == "item":
+            return str(item)
+        v = params
+        for k in m.group(1).split("."):
+            v = v[k]
+        return str(v)
+
+    return re.sub(r"\$\{([^}]+)\}", value, text)
+
+
+def stage_argv(cmd: str, params: dict, item=None) -> list[str]:
+    """dvc.yaml's cmd filled in, without `python -m stages.cli`: the arguments of `roirecon`."""
+    argv = shlex.split(dvc_interpolate(cmd, params, item))
+    assert argv[:3] == ["python", "-m", "stages.cli"], cmd
+    return argv[3:]

@@ -610,41 +610,6 @@ def test_one_pool_serves_several_ordered_maps():
         assert set(pool.map(_pid, range(3))) == {os.getpid()}
 
 
-def test_stale_temporaries_are_swept_and_fresh_ones_kept(tmp_path):
-    from pipeline.tmp_sweep import process_start_time, sweep_stale_temporaries
-    final = tmp_path / "slices.zarr"
-    old = time.time() - 3600
-    assert process_start_time() > old
-    stale_dir = tmp_path / ".tmp-slices.zarr-0123abcd"
-    (stale_dir / "train").mkdir(parents=True)
-    (stale_dir / "zarr.json").write_text("{}")
-    stale_old = tmp_path / ".old-slices.zarr-deadbeef"
-    stale_old.write_text("x")
-    fresh = tmp_path / ".tmp-slices.zarr-00000000"
-    fresh.mkdir()
-    other = tmp_path / ".tmp-slices.zarr2-0123abcd"
-    other.mkdir()
-    final.mkdir()
-    for p in (stale_dir / "train", stale_dir / "zarr.json", stale_dir, stale_old, other, final):
-        os.utime(p, (old, old))
-    removed = sweep_stale_temporaries(final)
-    assert sorted(removed) == sorted([stale_dir, stale_old])
-    assert not stale_dir.exists() and not stale_old.exists()
-    assert fresh.is_dir() and other.is_dir() and final.is_dir()  # newer than this process / other outputs
-
-
-def test_sweep_keeps_a_temporary_with_a_fresh_entry(tmp_path):
-    from pipeline.tmp_sweep import sweep_stale_temporaries
-    final = tmp_path / "u.zarr"
-    d = tmp_path / ".tmp-u.zarr-abcdef01"
-    d.mkdir()
-    old = time.time() - 3600
-    os.utime(d, (old, old))
-    (d / "zarr.json").write_text("{}")  # being written right now
-    os.utime(d, (old, old))
-    assert sweep_stale_temporaries(final) == [] and d.is_dir()
-
-
 def test_parent_watchdog_ends_an_orphaned_worker():
     """The fallback where prctl is unavailable: a worker whose parent pid changed exits."""
     code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from pipeline.parallel import _watch_parent; " \

@@ -21,8 +21,6 @@ import csv
 import json
 import math
 import os
-import re
-import shlex
 import time
 from pathlib import Path
 
@@ -33,7 +31,7 @@ import yaml
 
 from pipeline.io.fastmri import FastMRIFile, list_split
 from pipeline.store import as_str, open_store
-from tests.helpers import REPO, run_cli, write_params
+from tests.helpers import REPO, run_cli, stage_argv, write_params
 
 CROP = 128
 SLICES = 3
@@ -130,7 +128,7 @@ def _run_stages(ws: Path, params: dict, names: list[str], seconds: dict) -> None
             start = time.perf_counter()
             st = stages[name]
             for item in (params["unet"]["seeds"] if "foreach" in st else [None]):
-                args = _command(st.get("do", st)["cmd"], params, item)
+                args = stage_argv(st.get("do", st)["cmd"], params, item)
                 r = run_cli(*args)
                 assert r.exit_code == 0, f"{name}: {' '.join(args)}\n{r.output}"
             seconds[name] = time.perf_counter() - start
@@ -154,21 +152,6 @@ def pipeline_run(data_run):
     ws, params, seconds = data_run
     _run_stages(ws, params, ORDER[5:], seconds)
     return ws, seconds
-
-
-def _command(cmd: str, params: dict, item) -> list[str]:
-    """dvc.yaml's cmd with `${key.path}` and `${item}` filled in, without `python -m stages.cli`."""
-    def value(m: re.Match) -> str:
-        if m.group(1) == "item":
-            return str(item)
-        v = params
-        for k in m.group(1).split("."):
-            v = v[k]
-        return str(v)
-
-    argv = shlex.split(re.sub(r"\$\{([^}]+)\}", value, cmd))
-    assert argv[:3] == ["python", "-m", "stages.cli"], cmd
-    return argv[3:]
 
 
 # ---------------------------------------------------------------- checks
