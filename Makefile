@@ -65,6 +65,7 @@ $(PLOTS_HTML): $(STAMP) tools/offline_plots.py
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@$(BIN)/roirecon summary
+	@$(BIN)/python tools/render_docs.py --check || true    # names the README tables these reports change
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pandas as pd
 import yaml
 
-from tests.helpers import REPO
+from tests.helpers import REPO, full_reports
 
 MAX_TRACKED = 40
 # counts, settings and references: never tracked (each stage's detail JSON has them)
@@ -46,40 +44,15 @@ def test_committed_tracked_metrics_are_few_and_quality_only():
 def test_what_the_stages_track_is_few_and_quality_only():
     """The files a full run writes (3 trained variants, 2 comparisons; MRNet; Grad-CAM with its
     location prior), built by the functions the stages call: at most 40 values, quality only."""
-    from pipeline.evaluation import summarize
-    from pipeline.metrics import ALL
-    from pipeline.reports import clean, pick
-    from pipeline.roi_scores import score_slices, slice_scores, summarise, tracked_metrics
-    from pipeline.training.mrnet import binary_metrics
-    from stages.mrnet import TRACKED
-
-    rng = np.random.default_rng(0)
-    rows = [{"variant": v, "seed": s, "volume": f"v{k}", "split": "test", "n_slices": 4, "n_roi_slices": 1,
-             **{m: 20.0 + k + rng.normal() for m in ALL}}
-            for v in ("baseline", "weighted", "oracle") for s in (0, 1, 2) for k in range(5)]
-    rows += [{"variant": "zero_filled", "seed": None, "volume": f"v{k}", "split": "test", "n_slices": 4,
-              "n_roi_slices": 1, **{m: 15.0 + k for m in ALL}} for k in range(5)]
-    table = pd.DataFrame(rows)
-    table["seed"] = table["seed"].astype("Int64")
-    evaluate_tracked, detail = summarize(table, n_resamples=200)
-    assert "zero_filled" in detail["means"] and "zero_filled" in detail["means_ci95"]   # a reference: detail only
-
-    heat = np.zeros((16, 16), np.float32)
-    heat[3, 4] = 1.0
-    items = [(f"v{k}", heat, [(2, 3, 3, 3)], ["a"], 1.0) for k in range(3)]
-    scores = score_slices(items, n_resamples=200)
-    scores["location_prior"] = summarise([(v, slice_scores(np.ones((16, 16)), b, t)) for v, _, b, _, t in items], 200)
-    gradcam_tracked = {"test": tracked_metrics(scores)}
-    assert set(gradcam_tracked["test"]["location_prior"]) == {"pointing_game_15px"}
-
-    full = {"test": binary_metrics([0, 1, 1, 0], [0.2, 0.7, 0.4, 0.1], 0.5), "best_epoch": 3, "tune_auc": 0.7,
-            "n_train": 8, "n_tune": 4, "parameters": 1000}
-    mrnet_tracked = pick(full, TRACKED)
-    assert mrnet_tracked["tune_auc"] == 0.7 and set(mrnet_tracked["test"]) == {"auc", "accuracy", "sensitivity",
-                                                                                "specificity"}
-    _check(clean({"reports/metrics.json": evaluate_tracked, "reports/mrnet.json": mrnet_tracked,
-                  "reports/gradcam.json": gradcam_tracked}))
-    total = sum(len(_leaves(r)) for r in (evaluate_tracked, mrnet_tracked, gradcam_tracked))
+    s = full_reports()
+    assert "zero_filled" in s["evaluation"]["means"] and "zero_filled" in s["evaluation"]["means_ci95"]
+    assert set(s["gradcam"]["test"]["location_prior"]) == {"pointing_game_15px"}
+    assert s["mrnet"]["tune_auc"] == s["mrnet_detail"]["tune_auc"]
+    assert set(s["mrnet"]["test"]) == {"auc", "accuracy", "sensitivity", "specificity"}
+    tracked = {"reports/metrics.json": s["metrics"], "reports/mrnet.json": s["mrnet"],
+               "reports/gradcam.json": s["gradcam"]}
+    _check(tracked)
+    total = sum(len(_leaves(r)) for r in tracked.values())
     assert total == MAX_TRACKED       # 31 + 5 + 4: the budget is full; a new tracked number needs one out
 
 

@@ -1,21 +1,25 @@
 """Render the generated tables of README.md and docs/*.md from params.yaml and the committed reports.
 
-Usage: python tools/render_docs.py [--write | --check] [--root DIR]
+Usage: python tools/render_docs.py [--write | --check [--rev REV]] [--root DIR]
 
 Every table in the docs that restates a default or a result sits between
 `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` and is written here, never by hand
 (`pipeline/doc_tables.py` renders each one; `BLOCKS` there names them and what they read).
-`--check` (the default) prints one line per table that differs from what the committed files render
-and exits 1 if there is any; `--write` rewrites them in place. After a `dvc repro` that changes a
-report, or a change of params.yaml, run `--write` and commit the pages with the reports
-(tests/test_docs.py fails until then). A report that does not exist renders as "—".
+`--check` (the default) prints one line per table that differs from what the files render and exits
+1 if there is any; `--rev HEAD` checks the files as committed at that revision instead of the
+working tree (tests/test_docs.py does: a local `dvc repro`, whose trainings differ in the last digits
+from one CPU to another, leaves the committed pages valid). `--write` rewrites the working tree's
+pages in place. After a `dvc repro` that changes a report, or a change of params.yaml, run `--write`
+and commit the pages with the reports. A report that does not exist renders as "—".
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:        # run as a script from anywhere: the library is the repo's
@@ -35,49 +39,73 @@ SOURCE_FILES = {
 assert set(SOURCE_FILES) == set(SOURCES)
 
 
-def load_sources(root: Path) -> dict[str, dict]:
+Reader = Callable[[str], Optional[str]]     # a path relative to the root -> its text, None if absent
+
+
+def reader(root: Path, rev: Optional[str] = None) -> Reader:
+    """The files of the working tree under `root`, or with `rev` as committed at that revision."""
+    if rev is None:
+        return lambda rel: (root / rel).read_text(encoding="utf-8") if (root / rel).is_file() else None
+
+    def read(rel: str) -> Optional[str]:
+        r = subprocess.run(["git", "-C", str(root), "show", f"{rev}:{rel}"], capture_output=True)
+        return r.stdout.decode("utf-8") if r.returncode == 0 else None
+    return read
+
+
+def load_sources(read: Reader) -> dict[str, dict]:
     """Every source as a dict: params.yaml as DVC reads it (YAML 1.2), each report's JSON; {} for a
     file that does not exist."""
     from ruamel.yaml import YAML
 
     out = {}
     for key, rel in SOURCE_FILES.items():
-        path = root / rel
-        if not path.is_file():
+        text = read(rel)
+        if text is None:
             out[key] = {}
-        elif path.suffix == ".yaml":
-            out[key] = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8")) or {}
+        elif rel.endswith(".yaml"):
+            out[key] = YAML(typ="safe", pure=True).load(text) or {}
         else:
-            out[key] = json.loads(path.read_text(encoding="utf-8"))
+            out[key] = json.loads(text)
     return out
 
 
-def pages(root: Path) -> list[Path]:
-    """README.md and every Markdown page under docs/."""
-    return [p for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))] if p.is_file()]
+def pages(root: Path, rev: Optional[str] = None) -> list[str]:
+    """README.md and every Markdown page under docs/, relative to the root (at `rev`, if given)."""
+    if rev is None:
+        found = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+        return [str(p.relative_to(root)) for p in found if p.is_file()]
+    r = subprocess.run(["git", "-C", str(root), "ls-tree", "-r", "--name-only", rev, "--", "README.md", "docs"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise ValueError(f"{rev}: not a revision of a git repository at {root}")
+    return [p for p in r.stdout.splitlines() if p.endswith(".md")]
 
 
-def _on_page(page: Path, root: Path, fn, *args):
+def _on_page(read: Reader, page: str, fn, *args):
     """fn(page's text, *args), a broken marker or unknown table named with the page."""
     try:
-        return fn(page.read_text(encoding="utf-8"), *args)
+        return fn(read(page), *args)
     except (ValueError, KeyError) as exc:
-        raise ValueError(f"{page.relative_to(root)}: {exc.args[0] if exc.args else exc}") from None
+        raise ValueError(f"{page}: {exc.args[0] if exc.args else exc}") from None
 
 
-def check(root: Path) -> list[str]:
-    """One line per stale table of every page, naming the page, the line and the table."""
-    sources = load_sources(root)
-    return [f"{page.relative_to(root)}: {line}" for page in pages(root) for line in _on_page(page, root, stale, sources)]
+def check(root: Path, rev: Optional[str] = None) -> list[str]:
+    """One line per stale table of every page, naming the page, the line and the table: the working
+    tree, or the files as committed at `rev`."""
+    read = reader(root, rev)
+    sources = load_sources(read)
+    return [f"{page}: {line}" for page in pages(root, rev) for line in _on_page(read, page, stale, sources)]
 
 
-def write(root: Path) -> list[Path]:
-    """Rewrite every page's tables; the pages that changed."""
-    sources, changed = load_sources(root), []
+def write(root: Path) -> list[str]:
+    """Rewrite every page's tables in the working tree; the pages that changed."""
+    read = reader(root)
+    sources, changed = load_sources(read), []
     for page in pages(root):
-        new = _on_page(page, root, fill, sources)
-        if new != page.read_text(encoding="utf-8"):
-            page.write_text(new, encoding="utf-8")
+        new = _on_page(read, page, fill, sources)
+        if new != read(page):
+            (root / page).write_text(new, encoding="utf-8")
             changed.append(page)
     return changed
 
@@ -87,14 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="rewrite the generated tables in place")
     mode.add_argument("--check", action="store_true", help="exit 1 naming every stale table (the default)")
+    ap.add_argument("--rev", help="with --check: the files as committed at this git revision (e.g. HEAD)")
     ap.add_argument("--root", type=Path, default=REPO, help="repository root (default: this checkout)")
     args = ap.parse_args(argv)
+    if args.write and args.rev:
+        ap.error("--write rewrites the working tree; --rev is for --check")
     try:
         if args.write:
-            changed = write(args.root)
-            print(f"render_docs: {', '.join(str(p.relative_to(args.root)) for p in changed) or 'nothing'} rewritten")
+            print(f"render_docs: {', '.join(write(args.root)) or 'nothing'} rewritten")
             return 0
-        problems = check(args.root)
+        problems = check(args.root, args.rev)
     except ValueError as exc:          # a broken marker or an unknown table: one line naming it
         print(f"render_docs: {exc}", file=sys.stderr)
         return 1
