@@ -96,8 +96,11 @@ def param_value(x: Any) -> str:
     if isinstance(x, bool):
         return str(x).lower()
     if isinstance(x, float):
-        return re.sub(r"e([+-])0*(\d)", lambda m: f"e{m[1].lstrip('+')}{m[2]}", f"{x:.0e}") \
-            if x and abs(x) < 0.01 and float(f"{x:.0e}") == x else repr(x)
+        short = f"{x:.0e}"                                   # 3e-03
+        if x and abs(x) < 0.01 and float(short) == x:
+            mantissa, exponent = short.split("e")
+            return f"{mantissa}e{int(exponent)}"
+        return repr(x)
     if isinstance(x, (list, tuple)):
         return "[" + ", ".join(param_value(v) for v in x) + "]"
     if isinstance(x, Mapping):
@@ -136,9 +139,9 @@ PARAM_ROWS = (
 
 def params_table(params: Mapping) -> str:
     """The defaults that matter, read from the parameters: key | default | what it does."""
+    absent = object()
     rows = [(", ".join(f"`{k}`" for k in keys),
-             ", ".join(param_value(lookup(params, k)) if lookup(params, k, MISSING) is not MISSING else MISSING
-                       for k in keys), what)
+             ", ".join(MISSING if (v := lookup(params, k, absent)) is absent else param_value(v) for k in keys), what)
             for keys, what in PARAM_ROWS]
     return table(("key", "default", "what it does"), rows)
 
@@ -200,7 +203,8 @@ def comparisons_table(metrics: Mapping, evaluation: Mapping) -> str:
             v = c.get("volume_only", {})
             vol.append(estimate(v.get("delta"), v.get("ci95_low"), v.get("ci95_high"), v.get("p_wilcoxon"), dfmt))
             per_seed = c.get("per_seed") or {}
-            seeds.append(", ".join(num(per_seed[k], dfmt) for k in sorted(per_seed, key=int))
+            order = sorted(per_seed, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+            seeds.append(", ".join(num(per_seed[k], dfmt) for k in order)
                          + (f" (SD {num(c.get('seed_sd'), fmt)})" if _finite(c.get("seed_sd")) else "")
                          if per_seed else MISSING)
         rows += [(_label(name), "seeds × volumes", *two), ("", "volumes only", *vol), ("", "each seed", *seeds)]

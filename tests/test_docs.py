@@ -158,7 +158,8 @@ def test_full_reports_render_every_number_with_its_interval():
 def test_markers():
     text = "a\n  <!-- generated:params -->\n  old\n  <!-- /generated:params -->\nb\n"
     out = fill(text, {"params": {"loss": {"roi_weight": 4.0}}})
-    assert out.startswith("a\n  <!-- generated:params -->\n\n  | key |") and out.endswith("<!-- /generated:params -->\nb\n")
+    assert out.startswith("a\n  <!-- generated:params -->\n\n  | key |")     # indented as the marker is
+    assert out.endswith("\n\n  <!-- /generated:params -->\nb\n")
     assert "| `loss.roi_weight` | 4.0 |" in out and stale(out, {"params": {"loss": {"roi_weight": 4.0}}}) == []
     assert fill(out, {"params": {"loss": {"roi_weight": 4.0}}}) == out
     with pytest.raises(ValueError, match="line 2: generated:params is not closed"):
