@@ -27,7 +27,7 @@ TORCH_WHEELS ?= /opt/wheels
 TORCH_INDEX ?=
 LOCK_FLAGS  ?=
 
-.PHONY: setup repro test bench clean-venv lock
+.PHONY: setup repro test bench docs clean-venv lock
 
 setup: $(STAMP) $(PLOTS_HTML)
 
@@ -65,12 +65,18 @@ $(PLOTS_HTML): $(STAMP) tools/offline_plots.py
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@$(BIN)/roirecon summary
+	@$(BIN)/python tools/render_docs.py --check || true    # names the README tables these reports change
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/undersample_throughput.py
+
+# README's generated tables (defaults and results) from params.yaml and the reports, after a dvc repro
+# or a params change; commit them with the reports (tests/test_docs.py fails until then)
+docs: setup
+	$(BIN)/python tools/render_docs.py --write
 
 clean-venv:
 	rm -rf $(VENV)

@@ -7,11 +7,12 @@ The split streams one volume at a time (a DataLoader over the stores); every run
 volume, its metrics are taken and its reconstructions appended to the store, so only one volume's
 slices are in memory.
 
-Outputs: the tracked metrics (at most 40 numbers: per variant nmse/psnr/ssim/roi_psnr/roi_ssim, per
+Outputs: the tracked metrics (31 numbers: per trained variant nmse/psnr/ssim/roi_psnr/roi_ssim, per
 comparison delta/ci95_low/ci95_high/p of roi_psnr and psnr, the two-level ones), a detail JSON
-(everything else: all comparisons with their variance components and `volume_only` interval and
-Wilcoxon p, the half-width projected for more seeds, seed SDs, per-seed means, counts, the Grad-CAM
-variant's share of the oracle's ROI gain, timings), the long per-volume CSV and the
+(everything else: every variant's means with intervals, zero-filled's included (a reference that
+only data and mask move), all comparisons with their variance components and `volume_only` interval
+and Wilcoxon p, the half-width projected for more seeds, seed SDs, per-seed means, counts, the
+Grad-CAM variant's share of the oracle's ROI gain, timings), the long per-volume CSV and the
 reconstructions store (`<split>/zero_filled`, `<split>/<variant>/seed<k>`, in target units).
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ MODEL_VARIANTS = ("baseline", "weighted", "oracle")
 ROI_VARIANTS = ("weighted", "oracle")
 ZERO_FILLED = "zero_filled"
 COMPARED = ("roi_psnr", "roi_ssim", "roi_nmse", "psnr", "ssim", "nmse")   # in the detail JSON
-TRACKED_MEANS = ("nmse", "psnr", "ssim", "roi_psnr", "roi_ssim")
+TRACKED_MEANS = ("nmse", "psnr", "ssim", "roi_psnr", "roi_ssim")   # of each trained variant (MODEL_VARIANTS)
 TRACKED_COMPARED = ("roi_psnr", "psnr")
 TRACKED_STATS = ("delta", "ci95_low", "ci95_high", "p")           # the two-level ones (pipeline.stats)
 PROJECTED_SEEDS = (3, 4, 5, 6)  # seed counts the detail projects each tracked comparison's half-width to
@@ -245,7 +246,8 @@ def summarize(table: pd.DataFrame, n_resamples: int, seed: int = 0) -> tuple[dic
     variants = [v for v in (ZERO_FILLED,) + MODEL_VARIANTS if v in set(table["variant"])]
     comparisons = compare_all(table, ROI_VARIANTS, REFERENCE, COMPARED, n_resamples=n_resamples, seed=seed)
     means = {v: variant_means(table, v) for v in variants}
-    metrics: dict[str, Any] = {v: {m: _clean(means[v][m]) for m in TRACKED_MEANS} for v in variants}
+    metrics: dict[str, Any] = {v: {m: _clean(means[v][m]) for m in TRACKED_MEANS} for v in variants
+                               if v in MODEL_VARIANTS}
     for name, by_metric in comparisons.items():
         metrics[name] = {m: {s: _clean(by_metric[m][s]) for s in TRACKED_STATS} for m in TRACKED_COMPARED}
     vols = table.drop_duplicates("volume")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -34,20 +34,38 @@ def write_json(path: Path | str, payload: dict, digits: Optional[int] = None) ->
         tmp.write_text(json.dumps(clean(payload, digits), indent=2, allow_nan=False) + "\n")
 
 
+def pick(report: dict, paths: Sequence[str]) -> dict:
+    """The part of a nested report at the dotted `paths` (e.g. "test.auc"), nesting kept; a path
+    the report lacks is left out. What a stage tracks as metrics, its detail JSON holding all."""
+    out: dict = {}
+    for path in paths:
+        *parents, leaf = path.split(".")
+        src = report
+        for key in parents:
+            src = src.get(key) if isinstance(src, dict) else None
+        if isinstance(src, dict) and leaf in src:
+            dst = out
+            for key in parents:
+                dst = dst.setdefault(key, {})
+            dst[leaf] = src[leaf]
+    return out
+
+
 VARIANTS = ("zero_filled", "baseline", "weighted", "oracle")
 
 
 def metrics_table(m: dict, detail: Optional[dict] = None) -> str:
-    """The tracked metrics as text: each variant's seed-averaged means, then each comparison with the
-    baseline (paired by seed and volume: delta, 95% interval over seeds and volumes, t-test p) and,
-    given evaluate's detail JSON, the seed count and the volume-only interval and Wilcoxon p beside
-    it. Also printed by `evaluate`."""
+    """The tracked metrics as text: each variant's seed-averaged means (zero-filled's from the
+    detail), then each comparison with the baseline (paired by seed and volume: delta, 95% interval
+    over seeds and volumes, t-test p) and, given evaluate's detail JSON, the seed count and the
+    volume-only interval and Wilcoxon p beside it. Also printed by `evaluate`."""
     cols = [("NMSE", "nmse", "{:.4f}"), ("PSNR", "psnr", "{:.2f}"), ("SSIM", "ssim", "{:.4f}"),
             ("ROI PSNR", "roi_psnr", "{:.2f}"), ("ROI SSIM", "roi_ssim", "{:.4f}")]
     lines = [f"{'':<13}" + "".join(f"{c:>10}" for c, _, _ in cols)]
+    means = {**(detail or {}).get("means", {}), **m}     # zero-filled: a reference, in the detail only
     for v in VARIANTS:
-        if v in m:
-            lines.append(f"{v:<13}" + "".join(f"{_fmt(m[v].get(k), fmt):>10}" for _, k, fmt in cols))
+        if v in means:
+            lines.append(f"{v:<13}" + "".join(f"{_fmt(means[v].get(k), fmt):>10}" for _, k, fmt in cols))
     comparisons = (detail or {}).get("comparisons", {})
     for name, by_metric in m.items():
         if "_vs_" not in name:

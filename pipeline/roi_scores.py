@@ -133,10 +133,25 @@ def location_prior(shape: tuple[int, int], boxes: Mapping[tuple[str, int], Seque
 
 
 def tracked_scores(scores: dict) -> dict:
-    """The few overall numbers kept in the tracked metrics file (the rest goes to the detail JSON)."""
+    """The overall slice count and means of the pointing game at 0 and 15 px, energy in box and
+    chance: one run's row (benchmarks/mrnet_seeds.py)."""
     o = scores["overall"]
     return {"n_slices": o["n_slices"], **{q: o[q]["mean"] for q in
                                           ("pointing_game", "pointing_game_15px", "energy_in_box", "chance")}}
+
+
+TRACKED = ("pointing_game", "pointing_game_15px", "energy_in_box")   # the maps' quality, overall
+TRACKED_PRIOR = ("pointing_game_15px",)                              # the bar they must clear
+
+
+def tracked_metrics(scores: dict) -> dict:
+    """What `dvc metrics diff` shows of the maps: quality only. The overall means of `TRACKED` and,
+    with a location prior, its `TRACKED_PRIOR` means (under `location_prior`); counts, chance
+    levels (a property of the boxes, not of the maps), intervals and labels stay in the detail."""
+    out = {q: scores["overall"][q]["mean"] for q in TRACKED}
+    if "location_prior" in scores:
+        out["location_prior"] = {q: scores["location_prior"][q]["mean"] for q in TRACKED_PRIOR}
+    return out
 
 
 def frame_tolerances(frames: Mapping[str, tuple[int, int]], tolerance_320: float = TOLERANCE_320) -> dict[str, float]:

@@ -33,9 +33,10 @@ def gradcam_cmd(
     Reads: data/slices.zarr, models/mrnet.pt, data.annotations.
 
     Writes: data/heatmaps.zarr (heatmap in [0, 1] per slice, aligned with the slices store),
-    reports/gradcam.json (pointing game at 0 and 15 px, energy in box, chance on annotated test
-    slices), reports/gradcam_detail.json (the same with 95% bootstrap intervals over volumes, per
-    label), reports/gradcam/*.png.
+    reports/gradcam.json (tracked, quality only: pointing game at 0 and 15 px and energy in box on
+    the annotated test slices, the location prior's pointing game at 15 px),
+    reports/gradcam_detail.json (every score with its 95% bootstrap interval over volumes, overall,
+    per label and for the location prior; chance levels, counts and settings), reports/gradcam/*.png.
 
     Params: gradcam.*, data.annotations, data.annotation_frame."""
     owns(out, metrics, detail, overlays)  # first: sweep what a killed run left (tmp_sweep)
@@ -45,7 +46,7 @@ def gradcam_cmd(
     from pipeline.gradcam_report import score_heatmaps, slices_shapes
     from pipeline.models.mrnet import load_mrnet
     from pipeline.reports import write_json
-    from pipeline.roi_scores import frame_tolerances, location_prior, tracked_scores
+    from pipeline.roi_scores import frame_tolerances, location_prior, tracked_metrics
     from pipeline.store import atomic_path, open_store
     from stages.progress import bar
     from stages.settings import load_params
@@ -80,10 +81,10 @@ def gradcam_cmd(
                                 prior=prior)
         about = {"method": spec.method, "layer": spec.layer, "smooth_sigma": spec.smooth_sigma,
                  "annotations": str(ann) if ann else None}
-        write_json(detail, {"split": SCORED_SPLIT, **about, **scores, "bootstrap": {
+        write_json(detail, {"split": SCORED_SPLIT, **about, "slices": counts, **scores, "bootstrap": {
             "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
             "method": "BCa, volumes resampled, slice-pooled ratio"}})
-        write_json(metrics, {SCORED_SPLIT: tracked_scores(scores), **about, "slices": counts})
+        write_json(metrics, {SCORED_SPLIT: tracked_metrics(scores)})   # quality only: settings, counts in detail
     o = scores["overall"]
     typer.echo(f"gradcam: {out} ({', '.join(f'{s} {n}' for s, n in counts.items())} slices); "
                f"{SCORED_SPLIT}: pointing game {o['pointing_game']['mean']:.3f}, at 15 px "

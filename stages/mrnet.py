@@ -10,13 +10,18 @@ import typer
 from pipeline.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, named, stage
 
+# what `dvc metrics diff` shows of the classifier: quality only (counts, threshold, best epoch,
+# parameters: the detail JSON, which holds everything)
+TRACKED = ("test.auc", "test.accuracy", "test.sensitivity", "test.specificity", "tune_auc")
+
 
 @app.command("train-mrnet")
 @stage
 def train_mrnet_cmd(
     data_dir: Optional[Path] = typer.Option(None, help="classifier exams (default: mrnet.data_dir)"),
     out: Path = typer.Option(Path("models/mrnet.pt"), help="model file to write"),
-    metrics: Path = typer.Option(Path("reports/mrnet.json"), help="test metrics (JSON) to write"),
+    metrics: Path = typer.Option(Path("reports/mrnet.json"), help="tracked quality numbers (JSON)"),
+    detail: Path = typer.Option(Path("reports/mrnet_detail.json"), help="every number, counts included (JSON)"),
     live: Optional[Path] = typer.Option(Path("reports/live/mrnet"), help="dvclive directory for the curves"),
     params: Path = PARAMS_OPTION,
 ) -> None:
@@ -24,14 +29,16 @@ def train_mrnet_cmd(
 
     Reads: mrnet.data_dir (synthetic exams, MRNet-v1.0 or KneeMRI, see mrnet.source).
 
-    Writes: models/mrnet.pt (state dict + config), reports/mrnet.json (test AUC, accuracy, sensitivity,
-    specificity on the `valid` split), per-epoch curves under --live.
+    Writes: models/mrnet.pt (state dict + config), reports/mrnet.json (tracked: test AUC, accuracy,
+    sensitivity, specificity on the `valid` split, tune AUC), reports/mrnet_detail.json (the same
+    with the exam counts, decision threshold, best epoch, parameter count), per-epoch curves under
+    --live.
 
     Params: seed, mrnet.*."""
     owns(out, metrics, live)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.models.mrnet import save_mrnet
-    from pipeline.reports import write_json
+    from pipeline.reports import pick, write_json
     from pipeline.store import atomic_path
     from pipeline.training.mrnet import progress_units, train_mrnet
     from stages.progress import bar, live_logger
@@ -51,7 +58,8 @@ def train_mrnet_cmd(
             result = train_mrnet(train, test, cfg, log=log, progress=update, extra_config=extra)
         model_tmp = stack.enter_context(atomic_path(out))
         save_mrnet(model_tmp, result.model, result.config)
-        write_json(metrics, result.metrics)
+        write_json(metrics, pick(result.metrics, TRACKED))
+        write_json(detail, result.metrics)
     t = result.metrics["test"]
     typer.echo(f"train-mrnet: {out} (best epoch {result.metrics['best_epoch']}), test AUC {t['auc']:.3f}, "
                f"accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, "

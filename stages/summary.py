@@ -47,7 +47,8 @@ def summary_cmd(
         ("metrics", metrics), ("comparison detail", reports / "evaluation.json"),
         ("per-volume metrics", reports / "per_volume.csv"), ("figures", reports / "figures"),
         ("error maps", reports / "error_maps"), ("Grad-CAM overlays", reports / "gradcam"),
-        ("MRNet metrics", reports / "mrnet.json"), ("Grad-CAM metrics", reports / "gradcam.json"),
+        ("MRNet metrics", reports / "mrnet.json"), ("MRNet detail", reports / "mrnet_detail.json"),
+        ("Grad-CAM metrics", reports / "gradcam.json"),
         ("Grad-CAM detail", reports / "gradcam_detail.json"),
         ("training curves", reports / "live" / "unet"),
     ]

@@ -54,3 +54,40 @@ def stage_argv(cmd: str, params: dict, item=None) -> list[str]:
     argv = shlex.split(dvc_interpolate(cmd, params, item))
     assert argv[:3] == ["python", "-m", "stages.cli"], cmd
     return argv[3:]
+
+
+def full_reports() -> dict:
+    """The reports of a full run as the stages write them (tracked files and details, their current
+    keys; the tables' sources, tools/render_docs.py), from small made-up inputs: 3 variants x 3 seeds
+    x 6 volumes and zero-filled; Grad-CAM scores with a location prior; an MRNet result."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.evaluation import summarize
+    from pipeline.metrics import ALL
+    from pipeline.reports import clean, pick
+    from pipeline.roi_scores import score_slices, slice_scores, summarise, tracked_metrics
+    from stages.mrnet import TRACKED
+
+    rng = np.random.default_rng(1)
+    rows = [{"variant": v, "seed": s, "volume": f"v{k}", "split": "test", "n_slices": 4, "n_roi_slices": 1,
+             **{m: 20.0 + k + rng.normal(0, 0.3) + (0.5 if v == "oracle" else 0.0) for m in ALL}}
+            for v in ("baseline", "weighted", "oracle") for s in (0, 1, 2) for k in range(6)]
+    rows += [{"variant": "zero_filled", "seed": None, "volume": f"v{k}", "split": "test", "n_slices": 4,
+              "n_roi_slices": 1, **{m: 15.0 + k for m in ALL}} for k in range(6)]
+    table = pd.DataFrame(rows)
+    table["seed"] = table["seed"].astype("Int64")
+    metrics, evaluation = summarize(table, n_resamples=200)
+    heat = np.zeros((16, 16), np.float32)
+    heat[3, 4] = 1.0
+    items = [(f"v{k}", heat, [(2, 3, 3, 3)] if k % 2 else [(9, 9, 3, 3)], ["a"], 1.0) for k in range(4)]
+    scores = score_slices(items, n_resamples=200)
+    scores["location_prior"] = summarise([(v, slice_scores(np.ones((16, 16)), b, t)) for v, _, b, _, t in items], 200)
+    mrnet_detail = {"test": {"auc": 0.91, "accuracy": 0.85, "sensitivity": 0.8, "specificity": 0.9, "n": 120,
+                             "n_positive": 60, "threshold": 0.42}, "best_epoch": 7, "tune_auc": 0.93,
+                    "n_train": 1800, "n_tune": 200, "parameters": 2469953}
+    return clean({"params": {"gradcam": {"method": "hirescam", "layer": "features.8"}},
+                  "metrics": metrics, "evaluation": evaluation,
+                  "mrnet": pick(mrnet_detail, TRACKED), "mrnet_detail": mrnet_detail,
+                  "gradcam": {"test": tracked_metrics(scores)},
+                  "gradcam_detail": {"split": "test", "method": "hirescam", "layer": "features.8", **scores}})

@@ -159,14 +159,14 @@ def test_mask_experiment_skips_mrnet_and_gradcam(repo):
         diff = json.loads(_sh(repo, "dvc", "metrics", "diff", "--all", "--json"))
         metrics = diff["reports/metrics.json"]
         assert 20 <= len(metrics) <= 40
-        assert {"oracle_vs_baseline.roi_psnr.delta", "weighted_vs_baseline.psnr.p", "zero_filled.psnr"} <= set(metrics)
+        assert {"oracle_vs_baseline.roi_psnr.delta", "weighted_vs_baseline.psnr.p", "baseline.psnr"} <= set(metrics)
         rows = [k for f in diff.values() for k in f]
         assert not [k for k in rows if any(t in k for t in ("time", "seconds", "per_s", "threads", "version"))]
         new = _flat(json.loads((repo / "reports/metrics.json").read_text()))
         assert {k: v["old"] for k, v in metrics.items()} == {k: committed[k] for k in metrics}
         assert {k: v["new"] for k, v in metrics.items()} == {k: new[k] for k in metrics}
-        # 8x undersampling: a worse zero-filled input than the committed run's 4x
-        assert new["zero_filled.psnr"] < committed["zero_filled.psnr"]
+        # 8x undersampling: a worse baseline than the committed run's 4x
+        assert new["baseline.psnr"] < committed["baseline.psnr"]
     finally:   # back to the committed run
         _sh(repo, "git", "checkout", "--", ".")
         _sh(repo, "dvc", "checkout", "--force")

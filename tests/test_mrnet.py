@@ -343,12 +343,13 @@ def test_train_mrnet_stage(tmp_path):
     params = write_params(tmp_path / "params.yaml", mrnet={"epochs": 2, "lr": 1e-3, "image_size": 64,
                                                             "augment": True, "data_dir": str(easy_dir)})
     out, metrics, live = tmp_path / "models/mrnet.pt", tmp_path / "reports/mrnet.json", tmp_path / "live"
-    res = run_cli("train-mrnet", "--data-dir", easy_dir, "--out", out, "--metrics", metrics,
+    detail = tmp_path / "reports/mrnet_detail.json"
+    res = run_cli("train-mrnet", "--data-dir", easy_dir, "--out", out, "--metrics", metrics, "--detail", detail,
                   "--live", live, "--params", params)
     assert res.exit_code == 0, res.output
     model, config = load_mrnet(out)
     assert config["source"] == "synthetic" and config["epochs"] == 2
-    report = json.loads(metrics.read_text())
+    report = json.loads(detail.read_text())
     # the reported test metrics are the saved model's on the valid exams, at the saved threshold
     exams = list_exams("synthetic", easy_dir, "valid")
     with torch.no_grad():
@@ -357,6 +358,10 @@ def test_train_mrnet_stage(tmp_path):
     expected = binary_metrics([e.label for e in exams], 1 / (1 + np.exp(-logits)), config["threshold"])
     assert report["test"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert report["test"]["n"] == 4 and report["best_epoch"] == config["best_epoch"]
+    # tracked: quality only (what `dvc metrics diff` shows); the counts, threshold and epoch in the detail
+    tracked = json.loads(metrics.read_text())
+    assert tracked == {"test": {k: report["test"][k] for k in ("auc", "accuracy", "sensitivity", "specificity")},
+                       "tune_auc": report["tune_auc"]}
     live_metrics = json.loads((live / "metrics.json").read_text())
     assert live_metrics["step"] == 1
     for name in ("train/loss", "train/auc", "val/loss", "val/auc"):

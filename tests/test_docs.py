@@ -1,0 +1,185 @@
+"""Docs that cannot go stale: every table in README.md (and docs/*.md) that restates a default or a
+result is rendered from params.yaml and the committed reports (tools/render_docs.py,
+pipeline/doc_tables.py), and the committed pages must equal what they render."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline import doc_tables
+from pipeline.doc_tables import BLOCKS, MISSING, blocks_in, fill, param_value, render, stale
+from tests.helpers import REPO, full_reports
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("render_docs", REPO / "tools" / "render_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render_docs = _tool()
+
+
+def _copy_repo(tmp_path: Path) -> Path:
+    """README.md, params.yaml and every report the tables read, as committed, under tmp_path."""
+    for rel in ["README.md", *render_docs.SOURCE_FILES.values()]:
+        if (REPO / rel).is_file():
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / rel, tmp_path / rel)
+    return tmp_path
+
+
+def _block(text: str, name: str) -> str:
+    (start, end), = [(s, e) for n, _, s, e in blocks_in(text) if n == name]
+    return "\n".join(text.splitlines()[start:end])
+
+
+def _committed() -> str | None:
+    """HEAD where this checkout is a git repository (the committed files), else None (the files)."""
+    ok = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True)
+    return "HEAD" if ok.returncode == 0 else None
+
+
+def test_committed_docs_equal_what_the_committed_files_render():
+    # as committed, not as in the working tree: a local `dvc repro` (trainings differ in the last
+    # digits from one CPU to another) leaves the committed README valid for the committed reports
+    rev = _committed()
+    problems = render_docs.check(REPO, rev)
+    assert not problems, "\n".join(problems + ["run `python tools/render_docs.py --write` and commit"])
+    read = render_docs.reader(REPO, rev)
+    names = {n for page in render_docs.pages(REPO, rev) for n, *_ in blocks_in(read(page))}
+    assert names == set(BLOCKS)        # every table is on a page
+
+
+def test_the_defaults_table_says_what_params_yaml_says():
+    import yaml
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1]
+            for line in _block((REPO / "README.md").read_text(), "params").splitlines() if line.startswith("| `")}
+    assert rows["`loss.roi_weight`"] == param_value(params["loss"]["roi_weight"])
+    assert rows["`gradcam.method`, `gradcam.layer`, `gradcam.smooth_sigma`"] == ", ".join(
+        param_value(params["gradcam"][k]) for k in ("method", "layer", "smooth_sigma"))
+
+
+@pytest.mark.parametrize("name,old,new", [
+    # the three stale defaults the README once had
+    ("params", "| `loss.roi_weight` | 4.0 |", "| `loss.roi_weight` | 2 |"),
+    ("params", "| hirescam, features.8, 1.0 |", "| gradcam, features.10, 1.0 |"),
+    # a result typed over the rendered one
+    ("classifier", "| 120 (60) | 0.53 |", "| 120 (60) | 0.95 |"),
+])
+def test_a_planted_stale_number_is_named(tmp_path, capsys, name, old, new):
+    root = _copy_repo(tmp_path)
+    readme = root / "README.md"
+    text = readme.read_text()
+    assert text.count(old) == 1, old
+    readme.write_text(text.replace(old, new))
+    problems = render_docs.check(root)
+    assert len(problems) == 1 and f"generated:{name} is stale" in problems[0] and new.strip("| ") in problems[0]
+    assert problems[0].startswith("README.md: line ")
+    assert render_docs.main(["--check", "--root", str(root)]) == 1
+    assert f"generated:{name} is stale" in capsys.readouterr().err
+    # --write puts the rendered table back
+    assert render_docs.main(["--write", "--root", str(root)]) == 0
+    assert readme.read_text() == text and render_docs.check(root) == []
+
+
+def test_a_changed_default_or_report_makes_its_table_stale(tmp_path):
+    root = _copy_repo(tmp_path)
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("roi_weight: 4.0", "roi_weight: 8.0", 1))
+    mrnet = json.loads((root / "reports/mrnet_detail.json").read_text())
+    mrnet["test"]["auc"] = 0.987
+    (root / "reports/mrnet_detail.json").write_text(json.dumps(mrnet))
+    problems = render_docs.check(root)
+    assert sorted(p.split("generated:")[1].split()[0] for p in problems) == ["classifier", "params"]
+    render_docs.write(root)
+    readme = (root / "README.md").read_text()
+    assert "| `loss.roi_weight` | 8.0 |" in readme and "| 0.99 |" in _block(readme, "classifier")
+
+
+def test_the_committed_check_ignores_a_local_rerun(tmp_path):
+    """--rev HEAD reads the committed files: a working tree whose reports a local `dvc repro` rewrote
+    still passes against the committed pages, and the working-tree check names what to rewrite."""
+    root = _copy_repo(tmp_path)
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"]):
+        subprocess.run(["git", "-C", str(root), *cmd], check=True, capture_output=True)
+    detail = json.loads((root / "reports/mrnet_detail.json").read_text())
+    detail["tune_auc"] = 0.123
+    (root / "reports/mrnet_detail.json").write_text(json.dumps(detail))
+    assert render_docs.check(root, "HEAD") == []
+    (problem,) = render_docs.check(root)
+    assert "generated:classifier is stale" in problem and "0.12" in problem
+    with pytest.raises(ValueError, match="nope: not a revision"):
+        render_docs.check(root, "nope")
+
+
+def test_every_table_renders_without_any_report():
+    for name in BLOCKS:
+        text = render(name, {})
+        assert text.count("|") > 4 and (MISSING in text or name == "params"), name
+
+
+def test_full_reports_render_every_number_with_its_interval():
+    from pipeline.stats import projected_half_width
+    s = full_reports()
+    e = s["evaluation"]
+    variants = render("results-variants", s)
+    base = e["means"]["baseline"]["roi_psnr"], *e["means_ci95"]["baseline"]["roi_psnr"]
+    assert f"| baseline | {base[0]:.2f} [{base[1]:.2f}, {base[2]:.2f}] |" in variants
+    assert "| zero-filled | 17.50 [" in variants and "test split: 6 volumes (6 with boxes" in variants
+    comparisons = render("results-comparisons", s)
+    two, vol = s["metrics"]["oracle_vs_baseline"]["roi_psnr"], e["comparisons"]["oracle_vs_baseline"]["roi_psnr"]
+    assert f"| oracle − baseline | seeds × volumes | +{two['delta']:.2f} [" in comparisons
+    volume_row = next(ln for ln in comparisons.splitlines() if "volumes only" in ln and "+0.5" in ln)
+    assert f"[+{vol['volume_only']['ci95_low']:.2f}, +{vol['volume_only']['ci95_high']:.2f}]" in volume_row
+    assert "each seed" in comparisons and "(SD " in comparisons and "share of the oracle's ROI PSNR gain" in comparisons
+    assert MISSING not in comparisons
+    c = e["comparisons"]["weighted_vs_baseline"]["psnr"]
+    projection = render("power-projection", s)
+    assert f"{projected_half_width(c['variance_components'], 5, 2 * c['n_volumes']):.2f} |" in \
+        next(ln for ln in projection.splitlines() if ln.startswith("| Grad-CAM weighted − baseline, PSNR"))
+    assert MISSING not in render("power-components", s) and MISSING not in projection
+    localisation = render("localisation", s)
+    assert "| MRNet HiResCAM, `features.8` |" in localisation and "| location prior" in localisation
+    assert "test split: 4 annotated slices in 4 volumes" in localisation
+    assert MISSING not in localisation.split("\n\n", 1)[1]
+    classifier = render("classifier", s)
+    assert "| test (`valid`; threshold 0.420, chosen on tune) | 120 (60) | 0.91 | 0.85 | 0.80 | 0.90 |" in classifier
+    assert "best epoch 7" in classifier and "Trained on 1800 exams (2,469,953 parameters)" in classifier
+
+
+def test_markers():
+    text = "a\n  <!-- generated:params -->\n  old\n  <!-- /generated:params -->\nb\n"
+    out = fill(text, {"params": {"loss": {"roi_weight": 4.0}}})
+    assert out.startswith("a\n  <!-- generated:params -->\n\n  | key |")     # indented as the marker is
+    assert out.endswith("\n\n  <!-- /generated:params -->\nb\n")
+    assert "| `loss.roi_weight` | 4.0 |" in out and stale(out, {"params": {"loss": {"roi_weight": 4.0}}}) == []
+    assert fill(out, {"params": {"loss": {"roi_weight": 4.0}}}) == out
+    with pytest.raises(ValueError, match="line 2: generated:params is not closed"):
+        blocks_in("a\n<!-- generated:params -->\nb\n")
+    with pytest.raises(ValueError, match="closes no open block"):
+        blocks_in("a\n<!-- /generated:params -->\n")
+    with pytest.raises(KeyError, match="generated:nope: no such table"):
+        fill("<!-- generated:nope -->\n<!-- /generated:nope -->\n", {})
+
+
+@pytest.mark.parametrize("value,text", [(4.0, "4.0"), (3.0e-3, "3e-3"), (1.0e-4, "1e-4"), (0.08, "0.08"), (2, "2"),
+                                        (None, "none"), (False, "false"), ([0, 1, 2], "[0, 1, 2]"),
+                                        ({"train": 22, "val": 8}, "train 22, val 8"), ("features.8", "features.8")])
+def test_param_values_read_as_typed(value, text):
+    assert param_value(value) == text
+
+
+def test_numbers():
+    assert doc_tables.estimate(-0.1384, -0.166, -0.104, 9e-9, "{:+.2f}") == "−0.14 [−0.17, −0.10] p<0.001"
+    assert doc_tables.estimate(0.19, None, None, None) == "0.19"
+    assert doc_tables.estimate(None, 0.1, 0.2) == MISSING and doc_tables.num(float("nan")) == MISSING
+    assert doc_tables.p_value(0.0192) == "p=0.02" and doc_tables.p_value(0.0049) == "p=0.005"
+    assert doc_tables.num(40.0, "{:d}") == "40"
