@@ -3,7 +3,9 @@
 On the stores and the MRNet of a finished run (`data/slices.zarr`, `models/mrnet.pt`, the boxes of
 `data.annotations`), every method of `gradcam.method` (`pipeline.gradcam.METHODS`) is taken at
 every layer of `--layers`, with the run's `gradcam.smooth_sigma`, on the VAL split only (the test
-split is read once, by the gradcam stage, for the chosen default). For each pair: the pointing game
+split is read once, by the gradcam stage, for the chosen default). The rule, fixed before each
+sweep: the default is the pair with the largest pointing game at 15 px, ties broken by the
+pointing game at 0 px, then by the energy in the boxes. For each pair: the pointing game
 at tolerance 0 and at 15 px of the 320 frame (scaled to the recon frame), the energy in the boxes
 and the uniform-map chance level, each with a 95% cluster-bootstrap interval over volumes
 (`pipeline.roi_scores.score_slices`, the numbers the gradcam stage reports for test).
@@ -35,7 +37,11 @@ from pipeline.models.mrnet import load_mrnet  # noqa: E402
 from pipeline.roi_scores import frame_tolerances, score_slices  # noqa: E402
 from pipeline.store import open_store, read_rows, split_group  # noqa: E402
 
-LAYERS = ("features.3", "features.6", "features.8", "features.10")
+# each convolution's output and, with a norm layer, the normalised activation after it
+# (`Sequential(norm, ReLU)` in the ReLU slot; the mean-gradient Grad-CAM of a convolution that a
+# BatchNorm follows is near zero: BatchNorm's gradient has zero mean over the exam)
+LAYERS = ("features.3", "features.4", "features.6", "features.7", "features.8", "features.9", "features.10",
+          "features.11")
 SPLIT = "val"
 
 

@@ -234,7 +234,9 @@ def test_metrics_have_every_key_and_finite_values(pipeline_run):
         assert set(metrics[c]) == {"roi_psnr", "psnr"}
         for m in metrics[c].values():
             assert set(m) == {"delta", "ci95_low", "ci95_high", "p"}
-            assert all(math.isfinite(x) for x in m.values()), metrics[c]
+            assert math.isfinite(m["delta"]), metrics[c]
+            # one seed cannot measure the training noise: the two-level interval and p stay empty
+            assert m["ci95_low"] is None and m["ci95_high"] is None and m["p"] is None, metrics[c]
     with open(ws / "reports/per_volume.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     test_files = set(_raw_split_names(ws)["test"])
