@@ -26,7 +26,7 @@ MINUS = "−"   # typographic minus, as the prose uses
 
 # every source a table may read: the parameters and the report JSONs (paths: the caller's business)
 SOURCES = ("params", "metrics", "evaluation", "mrnet", "mrnet_detail", "gradcam", "gradcam_detail",
-           "bench_gradcam_methods", "bench_mrnet_seeds", "bench_mrnet_long")
+           "bench_gradcam_methods", "bench_mrnet_seeds", "bench_mrnet_long", "bench_mrnet_tune")
 
 
 # ---------------------------------------------------------------- values and cells
@@ -348,6 +348,26 @@ def mrnet_seeds_table(seeds: Mapping, long: Mapping) -> str:
                                      "AUC, large lesions", "pointing game at 15 px"), rows)
 
 
+def mrnet_tune_table(tune: Mapping) -> str:
+    """MRNet's recipe sweep on its tune hold-out (benchmarks/mrnet_tune.py), the chosen row in bold."""
+    chosen = tune.get("chosen")
+    rows = []
+    for r in tune.get("rows") or []:
+        s = r.get("setting") or {}
+        run0 = next(iter((r.get("runs") or {}).values()), {})
+        cells = [str(s.get("norm", "—")), num(s.get("lr"), "{:g}"), str(s.get("schedule", "—")),
+                 num(s.get("epochs"), "{:d}"), num(r.get("exam_passes"), "{:,d}"), num(r.get("tune_auc_mean")),
+                 num(run0.get("fit_auc_last_epoch")), num(r.get("seconds_mean"), "{:.0f}")]
+        rows.append([f"**{c}**" for c in cells] if s == chosen else cells)
+    caption = (f"Tune hold-out of {num(tune.get('n_train_exams'), '{:,d}')} training exams, seeds "
+               f"{', '.join(sorted({k for r in tune.get('rows') or [] for k in r.get('runs', {})})) or '—'}; "
+               f"rule: {tune.get('rule', '—')}. Fit AUC: the running AUC over the last training epoch's "
+               f"exams (does it fit its own data?). Seconds: wall time beside other work, not comparable "
+               f"across rows.")
+    return caption + "\n\n" + table(("norm", "lr", "schedule", "epochs", "exam passes", "tune AUC",
+                                      "fit AUC", "seconds"), rows)
+
+
 @dataclass(frozen=True)
 class Block:
     render: Callable[..., str]
@@ -364,6 +384,7 @@ BLOCKS: dict[str, Block] = {
     "localisation": Block(localisation_table, ("gradcam", "gradcam_detail")),
     "classifier": Block(classifier_table, ("mrnet", "mrnet_detail")),
     "mrnet-seeds": Block(mrnet_seeds_table, ("bench_mrnet_seeds", "bench_mrnet_long")),
+    "mrnet-tune": Block(mrnet_tune_table, ("bench_mrnet_tune",)),
 }
 
 

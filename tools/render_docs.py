@@ -35,6 +35,7 @@ SOURCE_FILES = {
     "gradcam": "reports/gradcam.json", "gradcam_detail": "reports/gradcam_detail.json",
     "bench_gradcam_methods": "reports/bench/gradcam_methods.json",
     "bench_mrnet_seeds": "reports/bench/mrnet_seeds.json", "bench_mrnet_long": "reports/bench/mrnet_long.json",
+    "bench_mrnet_tune": "reports/bench/mrnet_tune.json",
 }
 assert set(SOURCE_FILES) == set(SOURCES)
 
