@@ -26,7 +26,8 @@ MINUS = "−"   # typographic minus, as the prose uses
 
 # every source a table may read: the parameters and the report JSONs (paths: the caller's business)
 SOURCES = ("params", "metrics", "evaluation", "mrnet", "mrnet_detail", "gradcam", "gradcam_detail",
-           "bench_gradcam_methods", "bench_mrnet_seeds", "bench_mrnet_long", "bench_mrnet_tune")
+           "bench_gradcam_methods", "bench_mrnet_seeds", "bench_mrnet_long", "bench_mrnet_tune",
+           "x8_metrics", "x8_evaluation")
 
 
 # ---------------------------------------------------------------- values and cells
@@ -385,6 +386,8 @@ BLOCKS: dict[str, Block] = {
     "classifier": Block(classifier_table, ("mrnet", "mrnet_detail")),
     "mrnet-seeds": Block(mrnet_seeds_table, ("bench_mrnet_seeds", "bench_mrnet_long")),
     "mrnet-tune": Block(mrnet_tune_table, ("bench_mrnet_tune",)),
+    # the same comparison at 8x (`dvc exp run -S mask.acceleration=8`, its reports kept under reports/x8/)
+    "results-comparisons-8x": Block(comparisons_table, ("x8_metrics", "x8_evaluation")),
 }
 
 

@@ -197,3 +197,15 @@ def test_numbers():
     assert doc_tables.estimate(None, 0.1, 0.2) == MISSING and doc_tables.num(float("nan")) == MISSING
     assert doc_tables.p_value(0.0192) == "p=0.02" and doc_tables.p_value(0.0049) == "p=0.005"
     assert doc_tables.num(40.0, "{:d}") == "40"
+
+
+def test_mrnet_tune_table_marks_the_chosen_setting():
+    rows = [{"setting": {"norm": n, "lr": 1e-3, "epochs": 1, "schedule": "cosine"}, "runs": {"0": {"fit_auc_last_epoch": f}},
+             "exam_passes": 1800, "tune_auc_mean": a, "seconds_mean": 100.0}
+            for n, a, f in (("batch", 0.82, 0.64), ("group", 0.45, 0.47))]
+    text = render("mrnet-tune", {"bench_mrnet_tune": {"rows": rows, "chosen": rows[0]["setting"], "n_train_exams": 2000,
+                                                      "rule": "largest tune AUC"}})
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    assert lines[1] == "| **batch** | **0.001** | **cosine** | **1** | **1,800** | **0.82** | **0.64** | **100** |"
+    assert lines[2] == "| group | 0.001 | cosine | 1 | 1,800 | 0.45 | 0.47 | 100 |"
+    assert "2,000 training exams" in text and "seeds 0;" in text

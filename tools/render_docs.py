@@ -36,6 +36,7 @@ SOURCE_FILES = {
     "bench_gradcam_methods": "reports/bench/gradcam_methods.json",
     "bench_mrnet_seeds": "reports/bench/mrnet_seeds.json", "bench_mrnet_long": "reports/bench/mrnet_long.json",
     "bench_mrnet_tune": "reports/bench/mrnet_tune.json",
+    "x8_metrics": "reports/x8/metrics.json", "x8_evaluation": "reports/x8/evaluation.json",
 }
 assert set(SOURCE_FILES) == set(SOURCES)
 
