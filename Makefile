@@ -65,7 +65,7 @@ $(PLOTS_HTML): $(STAMP) tools/offline_plots.py
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@$(BIN)/roirecon summary
-	@$(BIN)/python tools/render_docs.py --check || true    # names the README tables these reports change
+	@$(BIN)/python tools/render_docs.py --check || true    # names the README/docs tables these reports change
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q
@@ -73,7 +73,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/undersample_throughput.py
 
-# README's generated tables (defaults and results) from params.yaml and the reports, after a dvc repro
+# the generated tables of README.md and docs/ (defaults, results, benchmarks) from params.yaml and the reports, after a dvc repro
 # or a params change; commit them with the reports (tests/test_docs.py fails until then)
 docs: setup
 	$(BIN)/python tools/render_docs.py --write

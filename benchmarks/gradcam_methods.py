@@ -12,7 +12,7 @@ and the uniform-map chance level, each with a 95% cluster-bootstrap interval ove
 
 Only volumes with boxes are explained: both scores are per slice and invariant to the per-volume
 scaling of the maps, so the other volumes change nothing. Writes reports/bench/gradcam_methods.json
-and prints a markdown table (for the README). Run it after `dvc repro` of train-mrnet:
+and prints a markdown table (docs/tuning.md renders it from the JSON). Run it after `dvc repro` of train-mrnet:
 
     python benchmarks/gradcam_methods.py            # params.yaml's data.annotations, smooth_sigma
 """

@@ -1,8 +1,8 @@
 """MRNet stability over training seeds: test AUC (and tune AUC, best epoch) for several seeds on the
 same exams, the data fixed (only the classifier's seed changes: init, tune split, shuffling).
 
-#11 asks for test AUC >= 0.95 on >= 120 exams with SD <= 0.02 over 3 MRNet seeds; this measures
-where the default stands. Reads the exams of params.yaml's `mrnet.*` (`data/synthetic/mrnet` after
+#21 asks for a mean test AUC >= 0.90 on the 120 exams with SD <= 0.03 over MRNet seeds 0, 1, 2;
+this measures where the default stands. Reads the exams of params.yaml's `mrnet.*` (`data/synthetic/mrnet` after
 `dvc repro synthesize`). Writes reports/bench/mrnet_seeds.json.
 
 For synthetic exams (which come with `boxes.csv`) it also reports, per seed, the test AUC of the
@@ -112,13 +112,13 @@ def main() -> None:
               "n_test_exams": len(splits["valid"]), "n_train_exams": len(splits["train"]), "epochs": cfg.epochs,
               "runs": runs, "test_auc_mean": statistics.mean(aucs),
               "test_auc_sd": statistics.stdev(aucs) if len(aucs) > 1 else None,
-              "goal": "test AUC >= 0.95 on >= 120 exams, SD <= 0.02 over 3 seeds (#11)"}
+              "goal": "mean test AUC >= 0.90 on >= 120 exams, SD <= 0.03 over 3 seeds (#21)"}
     if args.maps:
         pg = [r["test_pointing_game_15px"] for r in runs.values()]
         result.update({"gradcam": {"method": p.gradcam.method, "layer": p.gradcam.layer},
                        "pointing_game_15px_mean": statistics.mean(pg),
                        "pointing_game_15px_sd": statistics.stdev(pg) if len(pg) > 1 else None,
-                       "pointing_game_goal": "pointing game at 15 px >= 0.8, SD <= 0.05 over 3 MRNet seeds (#11)"})
+                       "pointing_game_goal": "pointing game at 15 px >= 0.6, above the location prior (#21)"})
     write_json(args.out, result)
     print(f"test AUC {result['test_auc_mean']:.3f} +- {result['test_auc_sd'] or 0:.3f} over {len(aucs)} seeds, "
           f"{result['n_test_exams']} test exams", file=sys.stderr)

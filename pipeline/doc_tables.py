@@ -27,7 +27,9 @@ MINUS = "−"   # typographic minus, as the prose uses
 # every source a table may read: the parameters and the report JSONs (paths: the caller's business)
 SOURCES = ("params", "metrics", "evaluation", "mrnet", "mrnet_detail", "gradcam", "gradcam_detail",
            "bench_gradcam_methods", "bench_mrnet_seeds", "bench_mrnet_long", "bench_mrnet_tune",
-           "x8_metrics", "x8_evaluation")
+           "x8_metrics", "x8_evaluation",
+           "bench_undersample", "bench_unet_training", "bench_stage_memory", "bench_gpu_training",
+           "bench_mrnet_device")
 
 
 # ---------------------------------------------------------------- values and cells
@@ -117,18 +119,18 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 # ---------------------------------------------------------------- the tables
 
-# (keys, what they do): the defaults a user reaches for, in the order the README explains them
+# (keys, what they do): the defaults a user reaches for (the README's table), in the order the docs explain them
 PARAM_ROWS = (
     (("mask.type", "mask.acceleration", "mask.center_fraction"),
      "fastMRI's undersampling mask (one per volume, seeded from the file name)"),
-    (("loss.roi_weight",), "in-ROI up-weighting of the weighted and oracle losses (chosen on val, below)"),
+    (("loss.roi_weight",), "in-ROI up-weighting of the weighted and oracle losses (chosen on val: docs/tuning.md)"),
     (("unet.seeds",), "one training per variant and seed; more seeds narrow the seed noise"),
     (("unet.chans", "unet.num_pool_layers", "unet.epochs", "unet.lr"),
      "U-Net size and training (sized for 2 CPU cores; fastMRI's knee U-Net uses 32 channels)"),
     (("evaluate.split",), "`val` for tuning runs; test only for the final numbers"),
     (("data.raw_dir", "data.challenge", "data.crop", "data.annotations", "data.test_from_val"),
      "where the fastMRI files and fastMRI+ boxes are, and the share of val carved out as the test split "
-     "(see Running on fastMRI)"),
+     "(docs/fastmri-and-gpus.md)"),
     (("synthetic.volumes", "synthetic.eval_lesion_rate"),
      "size of the embedded splits and the share of val/test volumes with lesions"),
     (("mrnet.epochs", "mrnet.lr", "mrnet.norm", "mrnet.schedule", "mrnet.pretrained"),
@@ -369,6 +371,92 @@ def mrnet_tune_table(tune: Mapping) -> str:
                                       "fit AUC", "seconds"), rows)
 
 
+# every benchmark's JSON (its `SOURCES` key, file stem under reports/bench/), what it measures and
+# the reference it is compared with; `_bench_latest` reads the latest number from it
+BENCHMARKS = (
+    ("bench_undersample", "undersample", "`benchmarks/undersample_throughput.py`: the undersample stage's "
+     "throughput on fastMRI-sized single-coil slices (640 × 368 k-space, crop 320), store written",
+     "fastMRI's `SliceDataset` + `UnetDataTransform` loop, and the bare `ifft2c`, same run and cores"),
+    ("bench_unet_training", "unet_training", "`benchmarks/unet_training.py`: a U-Net training epoch "
+     "streamed from the stores, and inference latency per slice",
+     "a bare loop over in-memory tensors (same model, batch, optimiser, loss), same run"),
+    ("bench_stage_memory", "stage_memory", "`benchmarks/stage_memory.py`: peak memory (largest process) "
+     "of prepare, undersample, train-unet and evaluate at N and 4N volumes, 320², single-coil",
+     "the same stage at N volumes (goal: 4N/N ≤ 1.2)"),
+    ("bench_gpu_training", "gpu_training", "`benchmarks/gpu_training.py`: U-Net training at 320² on one GPU",
+     "a bare loop over tensors already on the GPU"),
+    ("bench_mrnet_device", "mrnet_device", "`benchmarks/mrnet_device.py`: MRNet's default recipe on each "
+     "device at hand (time per exam step, tune and test AUC)", "the same recipe on the CPU"),
+    ("bench_mrnet_tune", "mrnet_tune", "`benchmarks/mrnet_tune.py`: MRNet recipes (norm, lr, schedule, "
+     "epochs) on its tune hold-out", "the other settings of the sweep (rule fixed before it)"),
+    ("bench_mrnet_seeds", "mrnet_seeds", "`benchmarks/mrnet_seeds.py --maps`: MRNet retrained per seed, "
+     "test AUC and the maps' pointing game", "the goals of #21 (mean AUC ≥ 0.90, SD ≤ 0.03; pointing game at "
+     "15 px ≥ 0.6) and the location prior"),
+    ("bench_mrnet_long", "mrnet_long", "`benchmarks/mrnet_seeds.py --epochs N --out …/mrnet_long.json`: "
+     "MRNet trained longer", "`mrnet_seeds` at the default epochs"),
+    ("bench_gradcam_methods", "gradcam_methods", "`benchmarks/gradcam_methods.py`: every Grad-CAM method × "
+     "layer on the val split", "chance (the boxes' area share) and the other pairs (rule fixed before it)"),
+)
+
+
+def _bench_latest(key: str, b: Mapping) -> str:
+    """The headline number of one benchmark's JSON ("—" when it has not been run)."""
+    if not b:
+        return MISSING
+    if key == "bench_undersample":
+        return (f"{num(lookup(b, 'slices_per_s.ours'), '{:.0f}')} slices/s: {num(b.get('ratio_vs_fastmri'))}× "
+                f"fastMRI's loop, {num(b.get('ratio_vs_bare_fft'))}× the bare FFT "
+                f"(targets {lookup(b, 'targets.ratio_vs_fastmri', MISSING)}, {lookup(b, 'targets.ratio_vs_bare_fft', MISSING)})")
+    if key == "bench_unet_training":
+        return (f"{num(b.get('ratio_vs_bare'), '{:.3f}')}× the bare loop ({num(b.get('ratio_vs_bare_with_validation'), '{:.3f}')}× "
+                f"with validation); data wait {num(100 * b['data_wait_share'] if _finite(b.get('data_wait_share')) else None, '{:.1f}')}% "
+                f"of step time; inference {num(b.get('inference_ms_per_slice_median'), '{:.0f}')} ms per slice")
+    if key == "bench_stage_memory":
+        res = lookup(b, "results.singlecoil") or {}
+        parts = [f"{s} {num(lookup(res, f'{s}.ratio_peak_rss_mb'))}×" for s in b.get("stages") or []]
+        return ("4N/N: " + ", ".join(parts)) if parts else MISSING
+    if key == "bench_gpu_training":
+        return (f"{num(b.get('ratio_vs_bare'), '{:.3f}')}× the bare loop on {b.get('device', MISSING)}; "
+                f"data wait {num(b.get('data_wait_share'), '{:.3f}')}")
+    if key == "bench_mrnet_device":
+        runs = b.get("runs") or {}
+        return "; ".join(f"{d}: {num(r.get('ms_per_exam_step'), '{:.0f}')} ms per exam step, test AUC "
+                         f"{num(r.get('test_auc'))}" for d, r in runs.items()) or MISSING
+    if key == "bench_mrnet_tune":
+        chosen = b.get("chosen") or {}
+        row = next((r for r in b.get("rows") or [] if r.get("setting") == chosen), {})
+        return (f"chosen: {', '.join(f'{k} {param_value(v)}' for k, v in chosen.items()) or MISSING}; "
+                f"tune AUC {num(row.get('tune_auc_mean'))}")
+    if key in ("bench_mrnet_seeds", "bench_mrnet_long"):
+        runs = b.get("runs") or {}
+        auc = (f"{num(b.get('test_auc_mean'))} ± {num(b.get('test_auc_sd'), '{:.3f}')}" if len(runs) > 1
+               else num(next(iter(runs.values()), {}).get("test_auc")))
+        out = f"test AUC {auc} ({len(runs)} seed{'s' if len(runs) != 1 else ''}, {num(b.get('epochs'), '{:d}')} epochs)"
+        if _finite(b.get("pointing_game_15px_mean")):
+            out += (f"; pointing game at 15 px {num(b['pointing_game_15px_mean'])} ± "
+                    f"{num(b.get('pointing_game_15px_sd'))}")
+        return out
+    if key == "bench_gradcam_methods":
+        def score(r):
+            o = r.get("overall") or {}
+            return tuple(lookup(o, f"{k}.mean", -1) for k in ("pointing_game_15px", "pointing_game", "energy_in_box"))
+        best = max(b.get("results") or [], key=score, default=None)
+        if not best:
+            return MISSING
+        return (f"best by the rule: {best.get('method')} at `{best.get('layer')}`, pointing game at 15 px "
+                f"{num(lookup(best, 'overall.pointing_game_15px.mean'))} (chance "
+                f"{num(lookup(best, 'overall.chance_15px.mean'), '{:.3f}')})")
+    return MISSING
+
+
+def benchmarks_table(*benches: Mapping) -> str:
+    """Every benchmark (`BENCHMARKS`, in that order): its JSON, what it measures, the reference it is
+    compared with and its latest number; "—" for one not run yet."""
+    rows = [(f"`reports/bench/{stem}.json`", what, ref, _bench_latest(key, b))
+            for (key, stem, what, ref), b in zip(BENCHMARKS, benches)]
+    return table(("file", "measures", "compared with", "latest"), rows)
+
+
 @dataclass(frozen=True)
 class Block:
     render: Callable[..., str]
@@ -388,6 +476,7 @@ BLOCKS: dict[str, Block] = {
     "mrnet-tune": Block(mrnet_tune_table, ("bench_mrnet_tune",)),
     # the same comparison at 8x (`dvc exp run -S mask.acceleration=8`, its reports kept under reports/x8/)
     "results-comparisons-8x": Block(comparisons_table, ("x8_metrics", "x8_evaluation")),
+    "benchmarks": Block(benchmarks_table, tuple(key for key, *_ in BENCHMARKS)),
 }
 
 

@@ -27,12 +27,18 @@ render_docs = _tool()
 
 
 def _copy_repo(tmp_path: Path) -> Path:
-    """README.md, params.yaml and every report the tables read, as committed, under tmp_path."""
-    for rel in ["README.md", *render_docs.SOURCE_FILES.values()]:
+    """README.md, docs/, params.yaml and every report the tables read, as committed, under tmp_path."""
+    for rel in [*render_docs.pages(REPO), *render_docs.SOURCE_FILES.values()]:
         if (REPO / rel).is_file():
             (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(REPO / rel, tmp_path / rel)
     return tmp_path
+
+
+def _page(name: str) -> str:
+    """The page (relative to the root) that holds block `name`."""
+    (page,) = [p for p in render_docs.pages(REPO) if name in {n for n, *_ in blocks_in((REPO / p).read_text())}]
+    return page
 
 
 def _block(text: str, name: str) -> str:
@@ -75,7 +81,7 @@ def _gradcam_defaults() -> str:
 
 def _test_auc_cell() -> str:
     """The classifier table's test row up to its AUC cell, as the committed reports render it."""
-    line, = [ln for ln in _block((REPO / "README.md").read_text(), "classifier").splitlines()
+    line, = [ln for ln in _block((REPO / _page("classifier")).read_text(), "classifier").splitlines()
              if ln.startswith("| test")]
     return " | ".join(line.split(" | ")[:3]) + " |"
 
@@ -90,13 +96,14 @@ def _test_auc_cell() -> str:
 def test_a_planted_stale_number_is_named(tmp_path, capsys, name, make):
     old, new = make()
     root = _copy_repo(tmp_path)
-    readme = root / "README.md"
+    page = _page(name)
+    readme = root / page
     text = readme.read_text()
     assert text.count(old) == 1, old
     readme.write_text(text.replace(old, new))
     problems = render_docs.check(root)
     assert len(problems) == 1 and f"generated:{name} is stale" in problems[0] and new.strip("| ") in problems[0]
-    assert problems[0].startswith("README.md: line ")
+    assert problems[0].startswith(f"{page}: line ")
     assert render_docs.main(["--check", "--root", str(root)]) == 1
     assert f"generated:{name} is stale" in capsys.readouterr().err
     # --write puts the rendered table back
@@ -114,8 +121,9 @@ def test_a_changed_default_or_report_makes_its_table_stale(tmp_path):
     problems = render_docs.check(root)
     assert sorted(p.split("generated:")[1].split()[0] for p in problems) == ["classifier", "params"]
     render_docs.write(root)
-    readme = (root / "README.md").read_text()
-    assert "| `loss.roi_weight` | 8.0 |" in readme and "| 0.99 |" in _block(readme, "classifier")
+    readme = (root / _page("params")).read_text()
+    assert "| `loss.roi_weight` | 8.0 |" in readme
+    assert "| 0.99 |" in _block((root / _page("classifier")).read_text(), "classifier")
 
 
 def test_the_committed_check_ignores_a_local_rerun(tmp_path):
@@ -209,3 +217,41 @@ def test_mrnet_tune_table_marks_the_chosen_setting():
     assert lines[1] == "| **batch** | **0.001** | **cosine** | **1** | **1,800** | **0.82** | **0.64** | **100** |"
     assert lines[2] == "| group | 0.001 | cosine | 1 | 1,800 | 0.45 | 0.47 | 100 |"
     assert "2,000 training exams" in text and "seeds 0;" in text
+
+
+def test_every_benchmark_json_has_a_row():
+    """docs/benchmarks.md lists every reports/bench/*.json: a new benchmark needs a row in
+    doc_tables.BENCHMARKS (and its file in render_docs.SOURCE_FILES)."""
+    stems = {stem for _, stem, *_ in doc_tables.BENCHMARKS}
+    assert {p.stem for p in (REPO / "reports" / "bench").glob("*.json")} <= stems
+    for key, stem, *_ in doc_tables.BENCHMARKS:
+        assert render_docs.SOURCE_FILES[key] == f"reports/bench/{stem}.json"
+    text = render("benchmarks", {"bench_undersample": {"slices_per_s": {"ours": 217.1}, "ratio_vs_fastmri": 2.04}})
+    assert "217 slices/s: 2.04× fastMRI's loop" in text and text.count(MISSING) >= len(stems) - 1
+
+
+def test_pages_link_back_and_every_link_resolves():
+    """Every docs/ page opens with a title and a summary that links back to the README; every
+    relative link of the README and docs/ names a file that exists (and, with #anchor, a heading of it)."""
+    import re
+
+    def anchors(path: Path) -> set[str]:
+        heads = [ln.lstrip("#").strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
+        return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+    pages = render_docs.pages(REPO)
+    assert len([p for p in pages if p.startswith("docs/")]) >= 8
+    for page in pages:
+        path = REPO / page
+        text = path.read_text()
+        if page.startswith("docs/"):
+            head = text.split("\n\n")
+            assert head[0].startswith("# ") and "](../README.md)" in head[1], page
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            assert dest.is_file(), f"{page}: link to {target}: no such file"
+            if anchor and dest.suffix == ".md":
+                assert anchor in anchors(dest), f"{page}: link to {target}: no such heading"

@@ -37,6 +37,11 @@ SOURCE_FILES = {
     "bench_mrnet_seeds": "reports/bench/mrnet_seeds.json", "bench_mrnet_long": "reports/bench/mrnet_long.json",
     "bench_mrnet_tune": "reports/bench/mrnet_tune.json",
     "x8_metrics": "reports/x8/metrics.json", "x8_evaluation": "reports/x8/evaluation.json",
+    "bench_undersample": "reports/bench/undersample.json",
+    "bench_unet_training": "reports/bench/unet_training.json",
+    "bench_stage_memory": "reports/bench/stage_memory.json",
+    "bench_gpu_training": "reports/bench/gpu_training.json",
+    "bench_mrnet_device": "reports/bench/mrnet_device.json",
 }
 assert set(SOURCE_FILES) == set(SOURCES)
 
