@@ -11,6 +11,7 @@ import sys
 
 from stages import (boxmaps, evaluate, gradcam, mrnet, prepare, reconstruct, summary,  # noqa: F401  (registers commands)
                     synthesize, undersample, unet)
+from pipeline.threads import openmp_environment
 from pipeline.tmp_sweep import start_reaper
 from stages.app import app
 
@@ -45,6 +46,9 @@ def main() -> None:
     # SIGTERM (a killed `dvc repro`, a CI timeout) unwinds like Ctrl-C, so atomic outputs remove
     # their temporary siblings instead of leaving them behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # before torch is imported (libgomp reads its variables when it loads): how the intra-op threads
+    # of the torch stages wait; the stages choose how many (pipeline/threads.py)
+    openmp_environment()
     app()
 
 

@@ -48,6 +48,7 @@ def evaluate_cmd(
     from pipeline.models.registry import model_config
     from pipeline.report_figures import error_map_rows, write_figures
     from pipeline.reports import metrics_table, write_json
+    from pipeline.threads import share_cpus
     from pipeline.unet_data import SliceStores
     from stages.progress import bar
     from stages.settings import load_params
@@ -59,7 +60,7 @@ def evaluate_cmd(
     stores = SliceStores(slices, undersampled, heatmaps, e.split, raw=True)
     boxes = annotation_boxes(ann, slices, e.split, stores.crop, p.data.annotation_frame, "data.annotation_frame")
     rows = error_map_rows(stores, boxes, e.n_figures)
-    with reconstructions_writer(out, stores, {"seeds": list(u.seeds)}) as write, \
+    with share_cpus(e.device), reconstructions_writer(out, stores, {"seeds": list(u.seeds)}) as write, \
             bar(len(stores.volumes()), f"evaluate {e.split}: {len(runs) + 1} runs", unit="volume") as update:
         ev = evaluate(stores, runs, boxes, e.device, keep_rows=rows, on_recon=write, progress=update,
                       expected_model=model_config(u.arch, u.chans, u.num_pool_layers, u.drop_prob, u.residual),

@@ -48,6 +48,7 @@ def gradcam_cmd(
     from pipeline.reports import write_json
     from pipeline.roi_scores import frame_tolerances, location_prior, tracked_metrics
     from pipeline.store import atomic_path, open_store
+    from pipeline.threads import share_cpus
     from stages.progress import bar
     from stages.settings import load_params
 
@@ -72,7 +73,7 @@ def gradcam_cmd(
                               "data.annotation_frame")
     crop = shapes[SCORED_SPLIT][1]
     prior = location_prior((crop, crop), {k: [b for b, _ in v] for k, v in train_boxes.items()})
-    with atomic_path(out) as tmp_out, atomic_path(overlays) as tmp_fig:
+    with share_cpus("cpu"), atomic_path(out) as tmp_out, atomic_path(overlays) as tmp_fig:
         with bar(sum(n for n, _ in shapes.values()), "gradcam") as update:
             counts = write_heatmaps(tmp_out, slices, net, config, spec, progress=update,
                                     attrs={"model": str(model), "annotations": str(ann)})

@@ -40,6 +40,7 @@ def train_mrnet_cmd(
     from pipeline.models.mrnet import save_mrnet
     from pipeline.reports import pick, write_json
     from pipeline.store import atomic_path
+    from pipeline.threads import share_cpus
     from pipeline.training.mrnet import progress_units, train_mrnet
     from stages.progress import bar, live_logger
     from stages.settings import load_params
@@ -52,6 +53,7 @@ def train_mrnet_cmd(
     cfg = train_config(m, p.seed)
     extra = {"source": m.source, "plane": m.plane, "task": m.task, "data_dir": str(root)}
     with contextlib.ExitStack() as stack:
+        stack.enter_context(share_cpus(m.device))
         update = stack.enter_context(bar(progress_units(train, test, cfg), "train-mrnet", unit="exam"))
         log = stack.enter_context(live_logger(live))
         with named(pretrained="mrnet.pretrained"):

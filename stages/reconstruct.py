@@ -38,10 +38,11 @@ def reconstruct_cmd(
     owns(out)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.reconstruct import reconstruct
+    from pipeline.threads import share_cpus
     from pipeline.training.device import select_device
     from stages.progress import bar
 
-    with named(batch_size="--batch-size"):
+    with share_cpus(device), named(batch_size="--batch-size"):
         done = reconstruct(files, model, out, device=select_device(device), batch_size=batch_size,
                            warn=lambda line: typer.echo(f"warning: {line}", err=True), bar=bar)
     n_slices = sum(d.n_slices for d in done)

@@ -50,6 +50,7 @@ def train_unet_cmd(
     owns(out, live, checkpoint_dir)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.models.registry import model_config
+    from pipeline.threads import share_cpus
     from pipeline.training.unet import (CURVE_KEYS, ROI_VARIANTS, TrainConfig, epoch_line, is_main_process,
                                         result_line, train_unet)
     from pipeline.unet_data import SliceStores, acquisition
@@ -73,7 +74,7 @@ def train_unet_cmd(
     train = SliceStores(slices, undersampled, heatmaps, "train")
     val = SliceStores(slices, undersampled, heatmaps, "val", raw=True)
     stores = {"slices": str(slices), "undersampled": str(undersampled), "heatmaps": str(heatmaps) if heatmaps else None}
-    with live_logger(live if main else None) as log:
+    with share_cpus(u.device), live_logger(live if main else None) as log:
         def on_epoch(epoch: int, m: dict[str, float]) -> None:
             log({k: v for k, v in m.items() if k in CURVE_KEYS})
             typer.echo(epoch_line(epoch, cfg.epochs, m))

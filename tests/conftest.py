@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("ROIRECON_PROGRESS", "0")
+# the stages' tiny tensors: one intra-op thread (more only add synchronisation), whatever the load
+# (pipeline/threads.py; its own tests inject what they need)
+os.environ.setdefault("ROIRECON_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -20,7 +20,6 @@ from pipeline.errors import InputError
 from pipeline.io.classifier import Exam
 from pipeline.models.mrnet import MRNet, load_pretrained_features, normalise, prepare_volume, resize_slices, to_pixels
 from pipeline.models.torch_files import count_parameters
-from pipeline.parallel import worker_count
 from pipeline.training.device import autocast, seed_everything, select_device
 from pipeline.training.logging import LogFn
 
@@ -43,7 +42,7 @@ class MRNetTrainConfig:
     pretrained: Optional[str] = None
     norm: str = "none"              # none | batch (per-exam statistics) | group | instance
     schedule: str = "constant"      # constant | cosine (per step, to 0 at the last step)
-    threads: int = 0                # CPU threads; 0 = one per available core
+    threads: int = 0                # CPU threads; 0 = as the caller set them (the stage: pipeline/threads.py)
 
 
 @dataclass
@@ -186,8 +185,8 @@ def train_mrnet(train: Sequence[Exam], test: Optional[Sequence[Exam]], cfg: MRNe
     if test is not None:
         check_classes(test, "mrnet: test (valid) split")
     device = select_device(cfg.device)
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.threads or worker_count(0))
+    if device.type == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)   # else the caller's choice (the stage: pipeline/threads.py)
     gen = seed_everything(cfg.seed)
     fit, tune = tune_split(train, cfg.tune_fraction, cfg.seed)
     mean, std = pixel_stats(fit, cfg.image_size)
