@@ -15,14 +15,18 @@ windows in a row must agree before it changes). It is made for CPU compute only:
 on a GPU the count is set once and no hook is installed (torch.compile traces module hooks).
 
 Why: torch's OpenMP pool runs one thread per core and its threads spin at every barrier; beside
-one busy process a 2-thread pool on 2 cores waits for a preempted thread at every op (measured:
-5.9x its alone time). With as many threads as there are free CPUs each thread keeps its core.
+one busy process a 2-thread pool on 2 cores waits for a preempted thread at every op (one epoch of
+train-unet: 11.3x its alone time before, 1.39x now; reports/bench/contention.json). With as many
+threads as there are free CPUs each thread keeps its core. The price: a training's last bits
+depend on the thread count (reductions split over threads), so CPU reruns are bit-identical only
+at a fixed count (ROIRECON_THREADS).
 
 How they wait (`openmp_environment`, called by the `roirecon` entry point before torch is imported):
 libgomp's default spins 300,000 rounds before it sleeps, which turns every preemption into lost
-time; `GOMP_SPINCOUNT` = `SPIN_COUNT` keeps the spin short enough to cost nothing alone
-(reports/bench/contention.json) and short when a thread is preempted. A fully passive wait
-(`OMP_WAIT_POLICY=PASSIVE`) is slower alone (a futex wake-up at every op of a small U-Net).
+time; `GOMP_SPINCOUNT` = `SPIN_COUNT` keeps the spin long enough to cost nothing alone (1.02x,
+within the run-to-run spread; 1,000 rounds: 1.24x) and short when a thread is preempted (the
+seconds before a re-check). A fully passive wait (`OMP_WAIT_POLICY=PASSIVE`) is 1.40x slower
+alone (a futex wake-up at every op of a small U-Net). Measurements: README, CPU threads.
 
 The user's word wins: `ROIRECON_THREADS=N` (or the standard `OMP_NUM_THREADS=N`) fixes the count
 and turns the re-checks off; a user's own `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` is kept.
@@ -195,13 +199,14 @@ class ThreadShare:
 
 def first_decision(cpus: list[int], quota: Optional[float], start: Optional[CpuSample],
                    sample: Callable[[], Optional[CpuSample]] = read_sample,
-                   sleep: Callable[[float], None] = time.sleep) -> tuple[int, float, Optional[CpuSample]]:
+                   sleep: Callable[[float], None] = time.sleep,
+                   clock: Callable[[], float] = time.monotonic) -> tuple[int, float, Optional[CpuSample]]:
     """The count at the start of a stage from the window since `start` (the command's start; a
     window of at least MIN_WINDOW_S): (threads, others, the sample that ends the window)."""
     if start is None:
         start = sample()
-    if start is not None and time.monotonic() - start.wall < MIN_WINDOW_S:
-        sleep(MIN_WINDOW_S - (time.monotonic() - start.wall))
+    if start is not None and clock() - start.wall < MIN_WINDOW_S:
+        sleep(MIN_WINDOW_S - (clock() - start.wall))
     now = sample()
     others = others_between(start, now) if start is not None and now is not None else 0.0
     return choose_threads(len(cpus), quota, others), others, now

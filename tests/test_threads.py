@@ -103,11 +103,11 @@ def test_a_change_needs_two_windows_in_a_row():
     assert [n for _, n, _ in share.changes] == [1, 2]
 
 
-def test_first_decision_measures_a_window_of_its_own(monkeypatch):
-    clock = iter([th.CpuSample(100.0, 50.0, 1.0), th.CpuSample(100.25, 50.5, 1.25)])
-    slept = []
-    monkeypatch.setattr(th.time, "monotonic", lambda: 100.0)
-    n, others, _ = th.first_decision([0, 1], None, None, sample=lambda: next(clock), sleep=slept.append)
+def test_first_decision_measures_a_window_of_its_own():
+    samples = iter([th.CpuSample(100.0, 50.0, 1.0), th.CpuSample(100.25, 50.5, 1.25)])
+    slept: list[float] = []
+    n, others, _ = th.first_decision([0, 1], None, None, sample=lambda: next(samples), sleep=slept.append,
+                                     clock=lambda: 100.0)
     assert slept == [th.MIN_WINDOW_S] and others == pytest.approx(1.0) and n == 1
 
 
