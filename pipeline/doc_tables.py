@@ -29,7 +29,7 @@ SOURCES = ("params", "metrics", "evaluation", "mrnet", "mrnet_detail", "gradcam"
            "bench_gradcam_methods", "bench_mrnet_seeds", "bench_mrnet_long", "bench_mrnet_tune",
            "x8_metrics", "x8_evaluation",
            "bench_undersample", "bench_unet_training", "bench_stage_memory", "bench_gpu_training",
-           "bench_mrnet_device")
+           "bench_mrnet_device", "bench_contention")
 
 
 # ---------------------------------------------------------------- values and cells
@@ -383,6 +383,9 @@ BENCHMARKS = (
     ("bench_stage_memory", "stage_memory", "`benchmarks/stage_memory.py`: peak memory (largest process) "
      "of prepare, undersample, train-unet and evaluate at N and 4N volumes, 320², single-coil",
      "the same stage at N volumes (goal: 4N/N ≤ 1.2)"),
+    ("bench_contention", "contention", "`benchmarks/contention.py`: one train-unet epoch alone, beside a busy "
+     "single-threaded process and two at once; two evaluates at once",
+     "the same stage alone or the two in sequence, same run; alone: the code before (`--reference-code`)"),
     ("bench_gpu_training", "gpu_training", "`benchmarks/gpu_training.py`: U-Net training at 320² on one GPU",
      "a bare loop over tensors already on the GPU"),
     ("bench_mrnet_device", "mrnet_device", "`benchmarks/mrnet_device.py`: MRNet's default recipe on each "
@@ -415,6 +418,14 @@ def _bench_latest(key: str, b: Mapping) -> str:
         res = lookup(b, "results.singlecoil") or {}
         parts = [f"{s} {num(lookup(res, f'{s}.ratio_peak_rss_mb'))}×" for s in b.get("stages") or []]
         return ("4N/N: " + ", ".join(parts)) if parts else MISSING
+    if key == "bench_contention":
+        r = b.get("ratios") or {}
+        out = (f"beside a busy process {num(r.get('beside_busy_vs_alone'))}× alone, two at once "
+               f"{num(r.get('two_at_once_vs_sequential'))}× in sequence, two evaluates "
+               f"{num(r.get('two_evaluates_at_once_vs_sequential'))}×")
+        if _finite(r.get("alone_speed_vs_reference")):
+            out += f"; alone {num(r['alone_speed_vs_reference'])}× the earlier code's speed"
+        return out + " (goals ≤ 2.2, ≤ 1.25, ≥ 0.95)"
     if key == "bench_gpu_training":
         return (f"{num(b.get('ratio_vs_bare'), '{:.3f}')}× the bare loop on {b.get('device', MISSING)}; "
                 f"data wait {num(b.get('data_wait_share'), '{:.3f}')}")

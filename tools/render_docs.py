@@ -40,6 +40,7 @@ SOURCE_FILES = {
     "bench_undersample": "reports/bench/undersample.json",
     "bench_unet_training": "reports/bench/unet_training.json",
     "bench_stage_memory": "reports/bench/stage_memory.json",
+    "bench_contention": "reports/bench/contention.json",
     "bench_gpu_training": "reports/bench/gpu_training.json",
     "bench_mrnet_device": "reports/bench/mrnet_device.json",
 }
