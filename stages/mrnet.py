@@ -35,7 +35,7 @@ def train_mrnet_cmd(
     --live.
 
     Params: seed, mrnet.*."""
-    owns(out, metrics, live)  # first: sweep what a killed run left (tmp_sweep)
+    owns(out, metrics, detail, live)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.models.mrnet import save_mrnet
     from pipeline.reports import pick, write_json
