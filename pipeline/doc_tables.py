@@ -205,7 +205,7 @@ def comparisons_table(metrics: Mapping, evaluation: Mapping) -> str:
             two.append(estimate(t.get("delta"), t.get("ci95_low"), t.get("ci95_high"), t.get("p"), dfmt))
             v = c.get("volume_only", {})
             vol.append(estimate(v.get("delta"), v.get("ci95_low"), v.get("ci95_high"), v.get("p_wilcoxon"), dfmt))
-            per_seed = c.get("per_seed") or {}
+            per_seed = c.get("by_seed") or {}
             order = sorted(per_seed, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
             seeds.append(", ".join(num(per_seed[k], dfmt) for k in order)
                          + (f" (SD {num(c.get('seed_sd'), fmt)})" if _finite(c.get("seed_sd")) else "")

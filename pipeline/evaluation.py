@@ -12,7 +12,7 @@ comparison delta/ci95_low/ci95_high/p of roi_psnr and psnr, the two-level ones),
 (everything else: every variant's means with intervals, zero-filled's included (a reference that
 only data and mask move), all comparisons with their variance components and `volume_only` interval
 and Wilcoxon p, the half-width projected for more seeds, seed SDs, per-seed means, counts, the
-Grad-CAM variant's share of the oracle's ROI gain, timings), the long per-volume CSV and the
+Grad-CAM variant's share of the oracle's ROI gain; no timings), the long per-volume CSV and the
 reconstructions store (`<split>/zero_filled`, `<split>/<variant>/seed<k>`, in target units).
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -98,7 +97,6 @@ class Evaluation:
     per_volume: list[dict[str, Any]]                    # one row per (run, volume)
     panels: dict[int, Panel] = field(default_factory=dict)   # kept row -> its slices, for figures
     configs: dict[str, dict] = field(default_factory=dict)   # run label -> checkpoint config
-    ms_per_slice: dict[str, float] = field(default_factory=dict)
 
 
 def roi_area(stores: SliceStores, boxes: dict[tuple[str, int], list[Box]], step: int = 256) -> np.ndarray:
@@ -121,32 +119,6 @@ def _load_checked(run: Run, expected_model: Optional[dict], expected_label: str)
     return model, config
 
 
-class _Timer:
-    """Inference time per slice of one run, leaving out its first volume (warm-up)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.seconds, self.slices, self.calls = device, 0.0, 0, 0
-
-    @contextlib.contextmanager
-    def timing(self, n: int) -> Iterator[None]:
-        self._sync()
-        t = time.perf_counter()
-        yield
-        self._sync()
-        if self.calls:
-            self.seconds += time.perf_counter() - t
-            self.slices += n
-        self.calls += 1
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @property
-    def ms_per_slice(self) -> float:
-        return 1000 * self.seconds / self.slices if self.slices else float("nan")
-
-
 def evaluate(stores: SliceStores, runs: Sequence[Run], boxes: dict[tuple[str, int], list[Box]],
              device_name: str, batch_size: int = 16, keep_rows: Sequence[int] = (),
              on_recon: Optional[Callable[[Run, np.ndarray], None]] = None, progress: Progress = None,
@@ -166,7 +138,6 @@ def evaluate(stores: SliceStores, runs: Sequence[Run], boxes: dict[tuple[str, in
     for run in runs:
         model, ev.configs[run.label] = _load_checked(run, expected_model, expected_label)
         models[run.label] = prepare_model(model, device)
-    timers = {run.label: _Timer(device) for run in runs}
     by_run: dict[str, list[dict[str, Any]]] = {r.label: [] for r in [Run(ZERO_FILLED)] + list(runs)}
     keep = set(int(i) for i in keep_rows)
     for batch in iterate(volume_loader(stores, stores.volumes(), workers, device)):
@@ -178,9 +149,8 @@ def evaluate(stores: SliceStores, runs: Sequence[Run], boxes: dict[tuple[str, in
             if run.seed is None:
                 recon = batch["zero_filled"].numpy()
             else:
-                with timers[run.label].timing(len(rows)):
-                    recon = reconstruct(models[run.label], batch["image"], batch["mean"], batch["std"], device,
-                                        batch_size)
+                recon = reconstruct(models[run.label], batch["image"], batch["mean"], batch["std"], device,
+                                    batch_size)
                 if not np.isfinite(recon).all():
                     raise InputError(f"{run.path}: produces non-finite reconstructions")
             by_run[run.label].append(volume_row(stores, rows, target, recon, run, roi, heat))
@@ -191,7 +161,6 @@ def evaluate(stores: SliceStores, runs: Sequence[Run], boxes: dict[tuple[str, in
         if progress:
             progress(1)
     ev.per_volume = [row for rows_of_run in by_run.values() for row in rows_of_run]
-    ev.ms_per_slice = {label: t.ms_per_slice for label, t in timers.items()}
     return ev
 
 
@@ -234,10 +203,9 @@ def variant_intervals(table: pd.DataFrame, variant: str, metrics: Sequence[str],
 
 def summarize_evaluation(ev: Evaluation, n_resamples: int) -> tuple[dict, dict, pd.DataFrame]:
     """(tracked metrics, detail, per-volume table) of an evaluation: `summarize` of its per-volume
-    rows, the detail ending with each run's inference time per slice."""
+    rows. Quality only: inference latency is measured by benchmarks/unet_training.py."""
     table = per_volume_table(ev.per_volume)
     tracked, detail = summarize(table, n_resamples)
-    detail["ms_per_slice"] = ev.ms_per_slice
     return tracked, detail, table
 
 
@@ -263,7 +231,7 @@ def summarize(table: pd.DataFrame, n_resamples: int, seed: int = 0) -> tuple[dic
                                 "volume_only": "BCa bootstrap over volumes of seed-averaged differences, Wilcoxon p"},
         "means": {v: {m: _clean(x) for m, x in means[v].items()} for v in variants},
         "means_ci95": {v: _clean(variant_intervals(table, v, TRACKED_MEANS, n_resamples, seed)) for v in variants},
-        "per_seed_means": _per_seed_means(table),
+        "means_by_seed": _per_seed_means(table),
         "comparisons": _clean(comparisons),
         "projected_half_width": _clean(_projections(comparisons)),
     }

@@ -196,7 +196,7 @@ def compare(table: pd.DataFrame, variant: str, reference: str, metric: str, *,
         "n_volumes": int(z.shape[1]), "n_seeds": int(z.shape[0]),
         "sd_volumes": float(d.std(ddof=1)) if d.size > 1 else math.nan,
         "seed_sd": float(np.std(seed_values, ddof=1)) if len(seed_values) > 1 else math.nan,
-        "per_seed": {str(k): v for k, v in per_seed.items()},
+        "by_seed": {str(k): v for k, v in per_seed.items()},
         "volume_only": {"delta": float(d.mean()) if d.size else math.nan, "ci95_low": lo, "ci95_high": hi,
                         "p_wilcoxon": wilcoxon_p(d), "n_volumes": int(d.size)},
     }

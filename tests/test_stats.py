@@ -71,7 +71,7 @@ def test_seeds_are_averaged_per_volume_and_their_spread_reported():
     t = _table(noise=0.0, seed_offsets=(-0.2, 0.0, 0.2))
     r = compare(t, "weighted", "baseline", "roi_psnr")
     assert r["delta"] == pytest.approx(0.5, abs=1e-9)
-    assert r["per_seed"] == pytest.approx({"0": 0.3, "1": 0.5, "2": 0.7}, abs=1e-9)
+    assert r["by_seed"] == pytest.approx({"0": 0.3, "1": 0.5, "2": 0.7}, abs=1e-9)
     assert r["seed_sd"] == pytest.approx(0.2, abs=1e-9)          # SD (ddof 1) of 0.3, 0.5, 0.7
     # every volume moves with its seed alone: the two-level interval is the t interval of the three
     # per-seed means (SE 0.2 / sqrt 3, df 2), while the volume-only one sees no spread at all
@@ -89,7 +89,7 @@ def test_seeds_are_averaged_per_volume_and_their_spread_reported():
     assert r1["volume_only"]["delta"] == pytest.approx(0.5, abs=0.02)
     assert r1["delta"] == pytest.approx(0.5, abs=1e-9) and r1["n_seeds"] == 1
     assert math.isnan(r1["ci95_low"]) and math.isnan(r1["p"])
-    assert list(r1["per_seed"]) == ["1"]
+    assert list(r1["by_seed"]) == ["1"]
 
 
 def test_wilcoxon_and_bootstrap_are_scipys_and_reproducible():
@@ -116,7 +116,7 @@ def test_compare_all_names_each_comparison_and_skips_absent_variants():
     assert list(out) == ["weighted_vs_baseline"]
     assert set(out["weighted_vs_baseline"]["roi_psnr"]) >= {"delta", "ci95_low", "ci95_high", "p", "n_volumes",
                                                              "n_seeds", "se", "df", "variance_components",
-                                                             "seed_sd", "per_seed", "volume_only"}
+                                                             "seed_sd", "by_seed", "volume_only"}
 
 
 def test_too_few_volumes_give_nan_not_a_crash():
