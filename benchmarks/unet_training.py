@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.losses import ReconLoss, roi_weights  # noqa: E402
+from pipeline.losses import ReconLoss  # noqa: E402
 from pipeline.models.registry import build_unet, model_config  # noqa: E402
 from pipeline.reports import write_json  # noqa: E402
 from pipeline.training.unet import TrainConfig, train_unet  # noqa: E402
@@ -47,7 +47,7 @@ def bare_epoch(cfg: TrainConfig, batch: dict, seed: int) -> float:
     t = time.perf_counter()
     for i in range(0, len(x), cfg.batch_size):
         idx = order[i:i + cfg.batch_size]
-        w = roi_weights(h[idx], cfg.roi_weight) if h is not None and cfg.variant == "weighted" else None
+        w = cfg.weighting.weights(h[idx], y[idx]) if h is not None and cfg.variant == "weighted" else None
         loss = loss_fn(model(x[idx]), y[idx], w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -77,7 +77,7 @@ def main() -> None:
     mcfg = model_config(u.arch, chans=u.chans, num_pool_layers=u.num_pool_layers, drop_prob=u.drop_prob,
                         residual=u.residual)
     cfg = TrainConfig(variant=variant, model=mcfg, epochs=1, batch_size=u.batch_size, lr=u.lr,
-                      loss_kind=p.loss.kind, roi_weight=p.loss.roi_weight_for(variant == "weighted"), seed=p.seed,
+                      loss_kind=p.loss.kind, **p.loss.weighting_for(variant == "weighted"), seed=p.seed,
                       device="cpu", ssim_weight=p.loss.ssim_weight, deterministic=False, compile=False)
     def ours() -> tuple[float, float, float]:
         """(whole call incl. validation and checkpoint, training epoch alone, its data-wait share)"""

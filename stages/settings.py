@@ -143,13 +143,21 @@ class UNetSettings(Section):
 class LossSettings(Section):
     kind: Literal["mse", "l1"]
     roi_weight: float = Field(ge=0)
+    roi_norm: Literal["mean", "none"]
+    roi_margin: int = Field(ge=0, description="pixels of the training image the ROI map is grown by")
+    roi_soft: float = Field(ge=0, description="Gaussian sigma (pixels) of the ROI map's edges")
+    background_weight: float = Field(gt=0, le=1, description="loss weight outside the knee (ROI variants)")
     ssim_weight: float = Field(ge=0, le=1)
 
-    def roi_weight_for(self, uses_roi_map: bool) -> float:
-        """The ROI weight a training run gets: `roi_weight` for a variant whose loss is weighted by an
-        ROI map (weighted, oracle); 0 for the baseline, which weights nothing and does not depend on
-        loss.roi_weight (dvc.yaml), so its checkpoint records 0 whatever the key holds."""
-        return self.roi_weight if uses_roi_map else 0.0
+    def weighting_for(self, uses_roi_map: bool) -> dict[str, float | int | str]:
+        """The ROI weighting a training run gets (TrainConfig's fields): these keys for a variant
+        whose loss is weighted by an ROI map (weighted, oracle); the neutral values for the baseline,
+        which weights nothing and does not depend on these keys (dvc.yaml), so its checkpoint records
+        the same values whatever they hold."""
+        if not uses_roi_map:
+            return {"roi_weight": 0.0, "roi_norm": "mean", "roi_margin": 0, "roi_soft": 0.0, "background_weight": 1.0}
+        return {"roi_weight": self.roi_weight, "roi_norm": self.roi_norm, "roi_margin": self.roi_margin,
+                "roi_soft": self.roi_soft, "background_weight": self.background_weight}
 
 
 class EvaluateSettings(Section):

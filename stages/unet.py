@@ -44,7 +44,8 @@ def train_unet_cmd(
     Writes: models/unet/<variant>_s<seed>.pt (state dict + config with the per-epoch history and
     the acquisition the inputs were made with), per-epoch curves under --live.
 
-    Params: unet.* (not unet.seeds), loss.kind, loss.ssim_weight, loss.roi_weight (weighted/oracle)."""
+    Params: unet.* (not unet.seeds), loss.kind, loss.ssim_weight; loss.roi_weight, roi_norm,
+    roi_margin, roi_soft and background_weight (weighted/oracle only)."""
     run = f"{variant}_s{seed}"
     out, checkpoint_dir = out or Path(f"models/unet/{run}.pt"), checkpoint_dir or Path(".roirecon/checkpoints") / run
     owns(out, live, checkpoint_dir)  # first: sweep what a killed run left (tmp_sweep)
@@ -67,7 +68,7 @@ def train_unet_cmd(
         cfg = TrainConfig(variant=variant, model=model_config(u.arch, u.chans, u.num_pool_layers, u.drop_prob,
                                                               u.residual),
                           epochs=u.epochs, batch_size=u.batch_size, lr=u.lr, loss_kind=lo.kind,
-                          roi_weight=lo.roi_weight_for(variant in ROI_VARIANTS), ssim_weight=lo.ssim_weight,
+                          ssim_weight=lo.ssim_weight, **lo.weighting_for(variant in ROI_VARIANTS),
                           seed=seed, device=u.device, deterministic=u.deterministic, compile=u.compile)
     heatmaps = heatmaps if variant in ROI_VARIANTS else None
     main = is_main_process()

@@ -16,6 +16,7 @@ from tests.helpers import REPO
 
 SEEDS = (0, 1)
 TRAININGS = {f"train-{v}@{s}" for v in ("baseline", "weighted", "oracle") for s in SEEDS}
+ROI_TRAININGS = {f"train-{v}@{s}" for v in ("weighted", "oracle") for s in SEEDS}
 TINY = {
     "data": {"crop": 64},
     "synthetic": {"volumes": {"train": 3, "val": 1, "test": 1}, "slices": 4, "recon_size": 64,
@@ -114,7 +115,12 @@ def test_repro_builds_everything_then_is_up_to_date(built, repo):
 
 @pytest.mark.parametrize("key,value,changed,downstream", [
     # the ROI weight retrains the two weighted variants, never the baseline
-    ("loss.roi_weight", 2.5, {f"train-{v}@{s}" for v in ("weighted", "oracle") for s in SEEDS}, {"evaluate"}),
+    ("loss.roi_weight", 2.5, ROI_TRAININGS, {"evaluate"}),
+    # so does every other knob of the ROI weighting (pipeline/losses.py RoiWeighting)
+    ("loss.roi_norm", "none", ROI_TRAININGS, {"evaluate"}),
+    ("loss.roi_margin", 3, ROI_TRAININGS, {"evaluate"}),
+    ("loss.roi_soft", 1.5, ROI_TRAININGS, {"evaluate"}),
+    ("loss.background_weight", 0.25, ROI_TRAININGS, {"evaluate"}),
     # Grad-CAM settings: gradcam, the Grad-CAM-weighted trainings, evaluate; not the oracle nor the baseline
     ("gradcam.smooth_sigma", 2.0, {"gradcam"}, {f"train-weighted@{s}" for s in SEEDS} | {"evaluate"}),
     # U-Net settings: every training and evaluate, never MRNet or Grad-CAM

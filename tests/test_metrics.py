@@ -12,7 +12,8 @@ from fastmri import evaluate as fm_eval
 from fastmri.losses import SSIMLoss
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipeline.losses import ReconLoss, roi_weights, ssim_map
+from pipeline.errors import BadValue
+from pipeline.losses import ReconLoss, RoiWeighting, roi_weights, ssim_map
 from pipeline.metrics import ALL, mean_over_volumes, ssim_valid, volume_metrics, volume_slices
 
 
@@ -103,6 +104,42 @@ def test_roi_weights_have_mean_one_and_follow_the_heatmap():
     assert w[0, 0, 5, 5] / w[0, 0, 0, 0] == pytest.approx(5.0)
     assert torch.allclose(w[1], torch.ones(1, 16, 16))  # empty heatmap: plain loss
     assert torch.allclose(roi_weights(h, 0.0), torch.ones_like(h))
+
+
+def test_roi_margin_and_soft_edges_match_scipy_filters():
+    from scipy import ndimage
+    h = torch.zeros(2, 1, 24, 24)
+    h[0, 0, 6:10, 8:15] = 1.0
+    h[1, 0, 20:, 0:3] = 0.5                               # at the border: zero beyond the image
+    grown = RoiWeighting(4.0, margin=2).weights(h)
+    ref = ndimage.maximum_filter(h.numpy(), size=(1, 1, 5, 5), mode="constant")
+    w_ref = 1 + 4 * ref
+    assert np.allclose(grown.numpy(), w_ref / w_ref.mean(axis=(-2, -1), keepdims=True), atol=1e-6)
+    soft = RoiWeighting(4.0, norm="none", soft=1.5).weights(h)
+    ref = ndimage.gaussian_filter(h.numpy(), sigma=(0, 0, 1.5, 1.5), mode="constant", truncate=3.0)
+    assert np.allclose(soft.numpy(), 1 + 4 * ref, atol=1e-5)
+    assert torch.equal(RoiWeighting(4.0).weights(h), roi_weights(h, 4.0))   # defaults: today's weights
+
+
+def test_pure_up_weighting_and_background_down_weighting():
+    h = torch.zeros(1, 1, 8, 8)
+    h[0, 0, 2:4, 2:4] = 1.0
+    target = torch.full((1, 1, 8, 8), 5.0)
+    target[..., :, 6:] = 0.01                              # air: two columns
+    assert torch.equal(RoiWeighting(3.0, norm="none").weights(h), 1 + 3 * h)
+    w = RoiWeighting(3.0, norm="none", background=0.25).weights(h, target)
+    assert w[0, 0, 0, 7] == 0.25 and w[0, 0, 0, 0] == 1.0 and w[0, 0, 2, 2] == 4.0
+    wn = RoiWeighting(3.0, background=0.25).weights(h, (target - 2.0) / 3.0)   # any affine units
+    assert torch.allclose(wn, w / w.mean()) and torch.allclose(wn.mean(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="needs the target"):
+        RoiWeighting(3.0, background=0.5).weights(h)
+
+
+@pytest.mark.parametrize("kw,name", [({"norm": "sum"}, "roi_norm"), ({"margin": -1}, "roi_margin"),
+                                     ({"soft": -0.5}, "roi_soft"), ({"background": 0.0}, "background_weight")])
+def test_roi_weighting_refuses_bad_values_naming_the_param(kw, name):
+    with pytest.raises(BadValue, match=name):
+        RoiWeighting(2.0, **kw)
 
 
 def test_weighted_loss_scale_does_not_depend_on_the_weights():

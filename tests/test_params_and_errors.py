@@ -117,8 +117,12 @@ def test_train_config_requires_what_params_set():
 
 
 def test_only_the_roi_variants_read_the_roi_weight(tmp_path):
-    loss = load_params(write_params(tmp_path / "p.yaml", loss={"roi_weight": 7.5})).loss
-    assert (loss.roi_weight_for(True), loss.roi_weight_for(False)) == (7.5, 0.0)
+    loss = load_params(write_params(tmp_path / "p.yaml", loss={"roi_weight": 7.5, "roi_norm": "none", "roi_margin": 3,
+                                                               "roi_soft": 1.5, "background_weight": 0.25})).loss
+    assert loss.weighting_for(True) == {"roi_weight": 7.5, "roi_norm": "none", "roi_margin": 3, "roi_soft": 1.5,
+                                        "background_weight": 0.25}
+    assert loss.weighting_for(False) == {"roi_weight": 0.0, "roi_norm": "mean", "roi_margin": 0, "roi_soft": 0.0,
+                                         "background_weight": 1.0}
 
 
 def test_recon_loss_kind_is_required():

@@ -93,7 +93,8 @@ def _train_cli(d: Path, variant: str, out: Path, *extra, params: Path | None = N
 
 def _cfg(variant="weighted", epochs=1, **kw) -> TrainConfig:
     base = dict(variant=variant, model=model_config("fastmri", 4, 2, 0.0, True), epochs=epochs, batch_size=2,
-                lr=1e-3, roi_weight=4.0 if variant == "weighted" else 0.0, seed=0, device="cpu", loss_kind="mse",
+                lr=1e-3, roi_weight=4.0 if variant == "weighted" else 0.0, roi_norm="mean", roi_margin=0, roi_soft=0.0,
+                background_weight=1.0, seed=0, device="cpu", loss_kind="mse",
                 ssim_weight=0.0, deterministic=False, compile=False)
     base.update(kw)
     return TrainConfig(**base)

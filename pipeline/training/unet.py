@@ -39,7 +39,7 @@ from torch import nn
 
 from pipeline.errors import BadValue, InputError, first_line
 from pipeline.inference import forward, to_target_units
-from pipeline.losses import ReconLoss, roi_weights
+from pipeline.losses import ReconLoss, RoiWeighting
 from pipeline.metrics import volume_metrics
 from pipeline.models.registry import build_unet, check_state_dict, plain_state_dict, save_unet
 from pipeline.store import atomic_path
@@ -63,8 +63,9 @@ HISTORY_KEYS = CURVE_KEYS + ("train/slices",)
 @dataclass(frozen=True)
 class TrainConfig:
     """What one training run does; every value is given (nothing that shapes a run is defaulted
-    here). `roi_weight` up-weights the ROI map in the loss of the ROI variants (the baseline's loss
-    weights nothing and records 0); the loss is `(1 - ssim_weight) * pixel loss (loss_kind) +
+    here). `roi_weight`, `roi_norm`, `roi_margin`, `roi_soft` and `background_weight` make the ROI
+    variants' loss weights (`pipeline.losses.RoiWeighting`; the baseline's loss weights nothing and
+    records the neutral values); the loss is `(1 - ssim_weight) * pixel loss (loss_kind) +
     ssim_weight * (1 - SSIM)`."""
     variant: str
     model: dict[str, Any]
@@ -72,6 +73,10 @@ class TrainConfig:
     batch_size: int
     lr: float
     roi_weight: float
+    roi_norm: str
+    roi_margin: int
+    roi_soft: float
+    background_weight: float
     seed: int
     device: str
     loss_kind: str
@@ -82,9 +87,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise BadValue("variant", f"expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        self.weighting  # checks the weighting's values
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def weighting(self) -> RoiWeighting:
+        return RoiWeighting(self.roi_weight, self.roi_norm, self.roi_margin, self.roi_soft, self.background_weight)
 
     def key(self, data_fingerprint: str) -> str:
         """Hash of everything that shapes the run except the device (a run may resume elsewhere):
@@ -229,12 +239,13 @@ class _EpochLoss:
         return float(s[0] / s[1].clamp(min=1)), int(s[1])
 
 
-def _weights(batch: Batch, h: Optional[torch.Tensor], cfg: TrainConfig) -> Optional[torch.Tensor]:
+def _weights(h: Optional[torch.Tensor], y: torch.Tensor, cfg: TrainConfig) -> Optional[torch.Tensor]:
+    """The loss weights of a batch: ROI maps `h` shaped by the config's weighting, targets `y`."""
     if cfg.variant not in ROI_VARIANTS:
         return None
     if h is None:
         raise ValueError(f"the {cfg.variant} variant needs ROI maps, and the batch has none")
-    return roi_weights(h, cfg.roi_weight)
+    return cfg.weighting.weights(h, y)
 
 
 @torch.no_grad()
@@ -249,7 +260,7 @@ def validate(model: nn.Module, loader, cfg: TrainConfig, device: torch.device, l
     for batch in iterate(loader):
         out = forward(model, batch["image"], device, batch_size)
         y, h = to_device(batch, device, ("target", "heatmap"))
-        w = _weights(batch, h, cfg)
+        w = _weights(h, y, cfg)
         loss_sum += float(loss_fn(out, y, w)) * len(out)
         n_slices += len(out)
         heat = batch["heatmap"][:, 0].numpy() if "heatmap" in batch else None
@@ -483,7 +494,7 @@ class _EpochLoop:
 
     def _step(self, batch: Batch, losses: _EpochLoss, step: int) -> None:
         x, y, h = to_device(batch, self.device, ("image", "target", "heatmap"))
-        w = _weights(batch, h, self.cfg)
+        w = _weights(h, y, self.cfg)
         with autocast(self.device):
             pred = self.step_fn(x)
         loss = self.loss_fn(pred.float(), y, w)
