@@ -95,7 +95,7 @@ def main() -> None:
     cfg = TrainConfig(variant="baseline", model=model_config("fastmri", args.chans, 4, 0.0, True), epochs=1,
                       batch_size=args.batch_size, lr=1e-3, roi_weight=0.0, roi_norm="mean", roi_margin=0, roi_soft=0.0,
                       background_weight=1.0, seed=0, device=args.device,
-                      loss_kind="mse", ssim_weight=0.0, deterministic=False, compile=False)
+                      loss_kind="mse", ssim_weight=0.0, val_volumes=0, deterministic=False, compile=False)
     with tempfile.TemporaryDirectory() as d:
         slices, under = make_stores(Path(d), args.volumes, args.slices, args.size)
         train = SliceStores(slices, under, None, "train")

@@ -78,7 +78,8 @@ def main() -> None:
                         residual=u.residual)
     cfg = TrainConfig(variant=variant, model=mcfg, epochs=1, batch_size=u.batch_size, lr=u.lr,
                       loss_kind=p.loss.kind, **p.loss.weighting_for(variant == "weighted"), seed=p.seed,
-                      device="cpu", ssim_weight=p.loss.ssim_weight, deterministic=False, compile=False)
+                      device="cpu", ssim_weight=p.loss.ssim_weight, val_volumes=u.val_volumes, deterministic=False,
+                      compile=False)
     def ours() -> tuple[float, float, float]:
         """(whole call incl. validation and checkpoint, training epoch alone, its data-wait share)"""
         with tempfile.TemporaryDirectory() as d:

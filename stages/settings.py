@@ -129,6 +129,7 @@ class UNetSettings(Section):
     device: Literal["auto", "cpu", "cuda"]
     nproc: int = Field(ge=1, description="processes (GPUs) per training run; > 1 runs under torchrun")
     num_workers: int = Field(ge=0, description="DataLoader worker processes per rank")
+    val_volumes: int = Field(ge=0, description="val volumes scored each epoch to pick the best (0: all)")
     deterministic: bool
     compile: bool
 

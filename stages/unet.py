@@ -69,7 +69,8 @@ def train_unet_cmd(
                                                               u.residual),
                           epochs=u.epochs, batch_size=u.batch_size, lr=u.lr, loss_kind=lo.kind,
                           ssim_weight=lo.ssim_weight, **lo.weighting_for(variant in ROI_VARIANTS),
-                          seed=seed, device=u.device, deterministic=u.deterministic, compile=u.compile)
+                          seed=seed, device=u.device, val_volumes=u.val_volumes, deterministic=u.deterministic,
+                          compile=u.compile)
     heatmaps = heatmaps if variant in ROI_VARIANTS else None
     main = is_main_process()
     train = SliceStores(slices, undersampled, heatmaps, "train")

@@ -95,7 +95,7 @@ def _cfg(variant="weighted", epochs=1, **kw) -> TrainConfig:
     base = dict(variant=variant, model=model_config("fastmri", 4, 2, 0.0, True), epochs=epochs, batch_size=2,
                 lr=1e-3, roi_weight=4.0 if variant == "weighted" else 0.0, roi_norm="mean", roi_margin=0, roi_soft=0.0,
                 background_weight=1.0, seed=0, device="cpu", loss_kind="mse",
-                ssim_weight=0.0, deterministic=False, compile=False)
+                ssim_weight=0.0, val_volumes=0, deterministic=False, compile=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -441,3 +441,12 @@ def test_resume_checkpoint_keeps_rng_states_and_loads_older_ones(stores, tmp_pat
     assert torch.equal(torch.rand(3), a)
     _set_rng_state(state["cpu"])            # checkpoints of the previous version held the CPU state only
     assert torch.equal(torch.rand(3), a)
+
+
+def test_each_epoch_is_scored_on_the_first_val_volumes(stores):
+    from pipeline.training.unet import epoch_val_volumes
+    val = SliceStores(stores / "slices.zarr", stores / "undersampled.zarr", None, "train", raw=True)
+    every = val.volumes()
+    assert len(every) >= 2
+    assert epoch_val_volumes(val, 0) == every and epoch_val_volumes(val, 1) == every[:1]
+    assert epoch_val_volumes(val, len(every) + 5) == every

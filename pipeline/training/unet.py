@@ -81,6 +81,7 @@ class TrainConfig:
     device: str
     loss_kind: str
     ssim_weight: float
+    val_volumes: int      # val volumes scored each epoch to pick the best (the first N in store order; 0: all)
     deterministic: bool   # CUDA: deterministic kernels (CPU runs always are)
     compile: bool         # torch.compile the model for training
 
@@ -278,6 +279,13 @@ def validate(model: nn.Module, loader, cfg: TrainConfig, device: torch.device, l
     return result
 
 
+def epoch_val_volumes(val: SliceStores, n: int) -> list[tuple[str, slice]]:
+    """The val volumes each epoch is scored on: the first `n` in store order (0: all). A subset keeps
+    per-epoch validation cheap when val is sized for paired intervals rather than for picking epochs."""
+    volumes = val.volumes()
+    return volumes[:n] if n else volumes
+
+
 def _rng_state() -> dict[str, Any]:
     return {"cpu": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -416,7 +424,7 @@ def _train(train: SliceStores, val: SliceStores, cfg: TrainConfig, out: Path, ch
         for e, m in enumerate(done.history):
             on_epoch(e, m)
     loop = _EpochLoop.build(o, cfg, device, train, workers, world, log_every)
-    val_loader = volume_loader(val, rank_volumes(val.volumes(), world, r), workers, device)
+    val_loader = volume_loader(val, rank_volumes(epoch_val_volumes(val, cfg.val_volumes), world, r), workers, device)
     val_batch = max(VAL_BATCH, -(-cfg.batch_size // world))
     start = done.start
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
