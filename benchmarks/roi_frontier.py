@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="trainings at once (one CPU thread each)")
     ap.add_argument("--report-only", action="store_true", help="train nothing; report the settings fully trained")
     ap.add_argument("--out", type=Path, default=REPO / "reports/bench/roi_frontier.json")
-    ap.add_argument("--figure", type=Path, default=REPO / "reports/figures/roi_frontier.png")
+    ap.add_argument("--figure", type=Path, default=REPO / "reports/bench/roi_frontier.png")
     args = ap.parse_args()
     base = yaml.safe_load(args.params.read_text())
     names = [s for s in args.only.split(",") if s]

@@ -29,7 +29,7 @@ SOURCES = ("params", "metrics", "evaluation", "mrnet", "mrnet_detail", "gradcam"
            "bench_gradcam_methods", "bench_mrnet_seeds", "bench_mrnet_long", "bench_mrnet_tune",
            "x8_metrics", "x8_evaluation",
            "bench_undersample", "bench_unet_training", "bench_stage_memory", "bench_gpu_training",
-           "bench_mrnet_device", "bench_contention")
+           "bench_mrnet_device", "bench_contention", "bench_roi_frontier")
 
 
 # ---------------------------------------------------------------- values and cells
@@ -123,7 +123,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 PARAM_ROWS = (
     (("mask.type", "mask.acceleration", "mask.center_fraction"),
      "fastMRI's undersampling mask (one per volume, seeded from the file name)"),
-    (("loss.roi_weight",), "in-ROI up-weighting of the weighted and oracle losses (chosen on val: docs/tuning.md)"),
+    (("loss.roi_weight", "loss.roi_norm", "loss.roi_margin", "loss.roi_soft", "loss.background_weight"),
+     "how the weighted and oracle losses weight the ROI maps (chosen on val by the frontier's rule: docs/tuning.md)"),
     (("unet.seeds",), "one training per variant and seed; more seeds narrow the seed noise"),
     (("unet.chans", "unet.num_pool_layers", "unet.epochs", "unet.lr"),
      "U-Net size and training (sized for 2 CPU cores; fastMRI's knee U-Net uses 32 channels)"),
@@ -399,7 +400,42 @@ BENCHMARKS = (
      "MRNet trained longer", "`mrnet_seeds` at the default epochs"),
     ("bench_gradcam_methods", "gradcam_methods", "`benchmarks/gradcam_methods.py`: every Grad-CAM method × "
      "layer on the val split", "chance (the boxes' area share) and the other pairs (rule fixed before it)"),
+    ("bench_roi_frontier", "roi_frontier", "`benchmarks/roi_frontier.py`: the ROI weighting's settings on val, "
+     "oracle and Grad-CAM against the baseline", "the baseline of the same capacity and loss, same seeds "
+     "(rule fixed before it)"),
 )
+
+
+def _frontier_cell(c: Any) -> str:
+    return estimate(lookup(c, "delta"), lookup(c, "ci95_low"), lookup(c, "ci95_high"), fmt="{:+.2f}")
+
+
+def _overrides(o: Mapping) -> str:
+    return ", ".join(f"`{k}` {param_value(v)}" for k, v in o.items()) or "params.yaml as committed"
+
+
+def frontier_table(bench: Mapping) -> str:
+    """The ROI weighting's settings on val (benchmarks/roi_frontier.py): oracle and Grad-CAM in-box and
+    whole-image PSNR change against the baseline of the same capacity and loss; the rule's choice in bold."""
+    rows_in = bench.get("settings") or []
+    if not rows_in:
+        return MISSING
+    chosen = bench.get("chosen")
+    rows = []
+    for r in rows_in:
+        cells = [r.get("name", MISSING), _overrides(r.get("overrides") or {}),
+                 _frontier_cell(lookup(r, "oracle.roi_psnr")), _frontier_cell(lookup(r, "oracle.psnr")),
+                 _frontier_cell(lookup(r, "weighted.roi_psnr")), _frontier_cell(lookup(r, "weighted.psnr")),
+                 num(r.get("seconds_per_training"), "{:.0f}")]
+        rows.append([f"**{c}**" for c in cells] if r.get("name") == chosen else cells)
+    first = rows_in[0]
+    caption = (f"val split, {lookup(first, 'oracle.roi_psnr.n_volumes', MISSING)} volumes with boxes, seeds "
+               f"{', '.join(str(s) for s in bench.get('seeds') or [])}; each cell: mean change (dB) against the "
+               f"baseline of the same capacity and loss, 95% two-level interval over seeds and volumes. Seconds: "
+               f"training wall time per run, one thread, two at once. Bold: chosen by the rule "
+               f"({chosen or 'no setting qualified'}).")
+    return caption + "\n\n" + table(("setting", "changes", "oracle in-box", "oracle whole-image",
+                                       "Grad-CAM in-box", "Grad-CAM whole-image", "seconds"), rows)
 
 
 def _bench_latest(key: str, b: Mapping) -> str:
@@ -457,6 +493,12 @@ def _bench_latest(key: str, b: Mapping) -> str:
         return (f"best by the rule: {best.get('method')} at `{best.get('layer')}`, pointing game at 15 px "
                 f"{num(lookup(best, 'overall.pointing_game_15px.mean'))} (chance "
                 f"{num(lookup(best, 'overall.chance_15px.mean'), '{:.3f}')})")
+    if key == "bench_roi_frontier":
+        chosen = b.get("chosen")
+        row = next((r for r in b.get("settings") or [] if r.get("name") == chosen), {})
+        return (f"{len(b.get('settings') or [])} settings; chosen: {chosen or 'none qualified'}, oracle in-box "
+                f"{_frontier_cell(lookup(row, 'oracle.roi_psnr'))} dB at whole-image "
+                f"{_frontier_cell(lookup(row, 'oracle.psnr'))} dB on val")
     return MISSING
 
 
@@ -487,6 +529,7 @@ BLOCKS: dict[str, Block] = {
     "mrnet-tune": Block(mrnet_tune_table, ("bench_mrnet_tune",)),
     # the same comparison at 8x (`dvc exp run -S mask.acceleration=8`, its reports kept under reports/x8/)
     "results-comparisons-8x": Block(comparisons_table, ("x8_metrics", "x8_evaluation")),
+    "roi-frontier": Block(frontier_table, ("bench_roi_frontier",)),
     "benchmarks": Block(benchmarks_table, tuple(key for key, *_ in BENCHMARKS)),
 }
 

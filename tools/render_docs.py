@@ -43,6 +43,7 @@ SOURCE_FILES = {
     "bench_contention": "reports/bench/contention.json",
     "bench_gpu_training": "reports/bench/gpu_training.json",
     "bench_mrnet_device": "reports/bench/mrnet_device.json",
+    "bench_roi_frontier": "reports/bench/roi_frontier.json",
 }
 assert set(SOURCE_FILES) == set(SOURCES)
 
