@@ -42,7 +42,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.reports import write_json  # noqa: E402
+from pipeline.evaluation.reports import write_json  # noqa: E402
 from pipeline.threads import REPORT_VARIABLE, THREADS_VARIABLE, cgroup_quota, usable_cpus  # noqa: E402
 
 FIXING = (THREADS_VARIABLE, "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")

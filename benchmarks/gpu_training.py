@@ -29,12 +29,12 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.losses import ReconLoss  # noqa: E402
 from pipeline.models.registry import build_unet, model_config  # noqa: E402
-from pipeline.reports import write_json  # noqa: E402
+from pipeline.evaluation.reports import write_json  # noqa: E402
 from pipeline.slice_stores import MaskSpec, build_slices_store, build_undersampled_store, scan  # noqa: E402
-from pipeline.synthetic import SyntheticSpec, write_fastmri  # noqa: E402
+from pipeline.synthetic.dataset import SyntheticSpec, write_fastmri  # noqa: E402
 from pipeline.training.device import autocast  # noqa: E402
 from pipeline.training.unet import TrainConfig, train_unet  # noqa: E402
-from pipeline.unet_data import SliceStores  # noqa: E402
+from pipeline.stores.unet_data import SliceStores  # noqa: E402
 
 
 def make_stores(root: Path, volumes: int, slices: int, size: int) -> tuple[Path, Path]:

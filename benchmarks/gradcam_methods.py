@@ -1,14 +1,14 @@
 """Class-activation methods x MRNet layers on the val split: how well each map finds the lesions.
 
 On the stores and the MRNet of a finished run (`data/slices.zarr`, `models/mrnet.pt`, the boxes of
-`data.annotations`), every method of `gradcam.method` (`pipeline.gradcam.METHODS`) is taken at
+`data.annotations`), every method of `gradcam.method` (`pipeline.roi.gradcam.METHODS`) is taken at
 every layer of `--layers`, with the run's `gradcam.smooth_sigma`, on the VAL split only (the test
 split is read once, by the gradcam stage, for the chosen default). The rule, fixed before each
 sweep: the default is the pair with the largest pointing game at 15 px, ties broken by the
 pointing game at 0 px, then by the energy in the boxes. For each pair: the pointing game
 at tolerance 0 and at 15 px of the 320 frame (scaled to the recon frame), the energy in the boxes
 and the uniform-map chance level, each with a 95% cluster-bootstrap interval over volumes
-(`pipeline.roi_scores.score_slices`, the numbers the gradcam stage reports for test).
+(`pipeline.roi.scores.score_slices`, the numbers the gradcam stage reports for test).
 
 Only volumes with boxes are explained: both scores are per slice and invariant to the per-volume
 scaling of the maps, so the other volumes change nothing. Writes reports/bench/gradcam_methods.json
@@ -30,12 +30,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.boxes import check_boxes, split_boxes  # noqa: E402
-from pipeline.gradcam import (METHOD_NAMES, METHODS, GradCAMSpec, check_layer, explainable,  # noqa: E402
-                              volume_heatmaps, volume_runs)
+from pipeline.roi.boxes import check_boxes, split_boxes  # noqa: E402
+from pipeline.roi.gradcam import (METHOD_NAMES, METHODS, GradCAMSpec, check_layer, explainable,  # noqa: E402
+                                  volume_heatmaps, volume_runs)
 from pipeline.models.mrnet import load_mrnet  # noqa: E402
-from pipeline.roi_scores import frame_tolerances, score_slices  # noqa: E402
-from pipeline.store import open_store, read_rows, split_group  # noqa: E402
+from pipeline.roi.scores import frame_tolerances, score_slices  # noqa: E402
+from pipeline.stores.zarr_store import open_store, read_rows, split_group  # noqa: E402
 
 # each convolution's output and, with a norm layer, the normalised activation after it
 # (`Sequential(norm, ReLU)` in the ReLU slot; the mean-gradient Grad-CAM of a convolution that a
@@ -110,7 +110,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from pipeline.reports import write_json
+    from pipeline.evaluation.reports import write_json
     from stages.settings import load_params
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from pipeline.io.classifier import list_exams  # noqa: E402
-from pipeline.reports import write_json  # noqa: E402
-from pipeline.synthetic import SyntheticSpec, write_mrnet_exams  # noqa: E402
+from pipeline.evaluation.reports import write_json  # noqa: E402
+from pipeline.synthetic.dataset import SyntheticSpec, write_mrnet_exams  # noqa: E402
 from pipeline.training.mrnet import train_mrnet  # noqa: E402
 from stages.mrnet import train_config  # noqa: E402
 from stages.settings import load_params  # noqa: E402

@@ -36,7 +36,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.models.mrnet import exam_logit  # noqa: E402
-from pipeline.reports import write_json  # noqa: E402
+from pipeline.evaluation.reports import write_json  # noqa: E402
 from pipeline.training.mrnet import roc_auc  # noqa: E402
 from pipeline.training.mrnet import train_mrnet  # noqa: E402
 from stages.mrnet import exam_splits, train_config  # noqa: E402
@@ -70,7 +70,7 @@ def localisation(model, config: dict, p, slices: Path) -> dict:
     """The gradcam stage's tracked scores on the test split for one MRNet (`gradcam.*` of params;
     the maps are scored like the stage scores them, `benchmarks/gradcam_methods.score_maps`)."""
     from benchmarks.gradcam_methods import score_maps
-    from pipeline.roi_scores import tracked_scores
+    from pipeline.roi.scores import tracked_scores
 
     g = p.gradcam
     scores, = score_maps(model, config, slices, p.data.annotations_path(None), frame=p.data.annotation_frame,

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from pipeline.reports import write_json  # noqa: E402
+from pipeline.evaluation.reports import write_json  # noqa: E402
 from pipeline.training.mrnet import train_mrnet  # noqa: E402
 from stages.mrnet import exam_splits, train_config  # noqa: E402
 from stages.settings import load_params  # noqa: E402

@@ -30,7 +30,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.frontier import Setting, choose_default, frontier_rows  # noqa: E402
+from pipeline.threads import openmp_environment, share_cpus  # noqa: E402
+
+openmp_environment()   # before torch is imported, as the roirecon entry point does
+
+from pipeline.evaluation.frontier import Setting, choose_default, frontier_rows  # noqa: E402
 
 VARIANTS = ("baseline", "weighted", "oracle")
 
@@ -171,10 +175,11 @@ def main() -> None:
     trained = {name: p for name, p in plan.items() if all(x.exists() for v in p.values() for x in v)}
     if not trained:
         raise SystemExit("roi_frontier: no setting is fully trained yet")
-    from pipeline.figures_frontier import write_figure
-    from pipeline.frontier import evaluate_settings
+    from pipeline.evaluation.frontier import WHOLE_FLOOR_DB, evaluate_settings, frontier_table
+    from pipeline.figures.frontier import write_frontier
     seconds = json.loads((args.work / "seconds.json").read_text()) if (args.work / "seconds.json").exists() else {}
-    results = evaluate_settings(trained, sweep.data, base, args.work / "rows", seconds)
+    with share_cpus(base["evaluate"]["device"]):
+        results = evaluate_settings(trained, sweep.data, base, args.work / "rows", seconds)
     rows = frontier_rows(results, [s for s in settings if s.name in trained])
     chosen = choose_default(rows)
     report = {"what": "oracle and Grad-CAM (weighted) minus the baseline of the same capacity and loss, val split, "
@@ -184,7 +189,7 @@ def main() -> None:
               "seeds": seeds, "settings": rows, "chosen": chosen}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
-    write_figure(rows, chosen, args.figure)
+    write_frontier(frontier_table(rows, chosen), WHOLE_FLOOR_DB, args.figure)
     print(f"roi_frontier: {len(rows)} settings; chosen by the rule: {chosen}; wrote {args.out} and {args.figure}")
 
 

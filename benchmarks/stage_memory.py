@@ -1,7 +1,7 @@
 """Peak memory of the data and U-Net stages at N and 4N volumes of the same size.
 
 Each stage command (`python -m stages.cli prepare|undersample|train-unet|evaluate`) runs in a fresh
-subprocess on a synthetic dataset written in the fastMRI format (pipeline/synthetic.py), once with
+subprocess on a synthetic dataset written in the fastMRI format (pipeline/synthetic/dataset.py), once with
 N volumes per split and once with 4N, same slices per volume and image size. Measured per run:
 - `peak_rss_mb`: the largest resident set of any one process of the stage (the stage process or one
   of its workers), from the kernel's accounting (`wait4` rusage `ru_maxrss`): exact, not sampled
@@ -48,9 +48,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.reports import write_json  # noqa: E402
-from pipeline.store import shard_slices  # noqa: E402
-from pipeline.synthetic import SyntheticSpec, write_annotations, write_fastmri  # noqa: E402
+from pipeline.evaluation.reports import write_json  # noqa: E402
+from pipeline.stores.zarr_store import shard_slices  # noqa: E402
+from pipeline.synthetic.dataset import SyntheticSpec, write_annotations, write_fastmri  # noqa: E402
 
 STAGES = ("prepare", "undersample", "train-unet", "evaluate")
 VARIANTS = ("baseline", "weighted", "oracle")
@@ -313,7 +313,7 @@ def main() -> None:
 
 
 def _kspace_shape(size: int) -> tuple[int, int]:
-    from pipeline.acquisition import encoding_for
+    from pipeline.synthetic.acquisition import encoding_for
     return tuple(encoding_for(size).grid)
 
 

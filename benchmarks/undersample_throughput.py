@@ -42,9 +42,9 @@ import fastmri  # noqa: E402
 
 from pipeline.kspace import mask_function  # noqa: E402
 from pipeline.parallel import worker_count  # noqa: E402
-from pipeline.reports import write_json  # noqa: E402
+from pipeline.evaluation.reports import write_json  # noqa: E402
 from pipeline.slice_stores import MaskSpec, build_undersampled_store, scan  # noqa: E402
-from pipeline.synthetic import SyntheticSpec, write_fastmri  # noqa: E402
+from pipeline.synthetic.dataset import SyntheticSpec, write_fastmri  # noqa: E402
 
 
 def make_data(root: Path, volumes: int, slices: int) -> Path:

@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.losses import ReconLoss  # noqa: E402
 from pipeline.models.registry import build_unet, model_config  # noqa: E402
-from pipeline.reports import write_json  # noqa: E402
+from pipeline.evaluation.reports import write_json  # noqa: E402
 from pipeline.training.unet import TrainConfig, train_unet  # noqa: E402
-from pipeline.unet_data import SliceStores  # noqa: E402
+from pipeline.stores.unet_data import SliceStores  # noqa: E402
 from stages.settings import load_params  # noqa: E402
 
 

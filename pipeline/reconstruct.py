@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import inference
+from pipeline.models import inference
 from pipeline.errors import BadValue, InputError, first_line
 from pipeline.io.fastmri import KSPACE_RANK, TARGET_KEY, kspace_dataset
 from pipeline.kspace import ZeroFilled, check_mask, instance_stats, mask_function, volume_mask
 from pipeline.models.registry import load_unet
-from pipeline.store import atomic_path
-from pipeline.unet_data import normalize
+from pipeline.stores.zarr_store import atomic_path
+from pipeline.stores.unet_data import normalize
 
 OUTPUT_KEY = "reconstruction"  # fastMRI's save_reconstructions / evaluate.py
 CHALLENGE_OF_RANK = {rank: challenge for challenge, rank in KSPACE_RANK.items()}
@@ -185,7 +185,7 @@ def _read_kspace(k: h5py.Dataset, path: Path, start: int, stop: int) -> np.ndarr
 def forward(model: nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
     """Zero-filled magnitudes (n, C, C) -> reconstructions in the same units, as in training:
     instance-normalise and clamp (the statistics of `instance_stats`, as the undersampled store holds),
-    model in fp32 (pipeline.inference, shared with validation and evaluate), back with the same
+    model in fp32 (pipeline.models.inference, shared with validation and evaluate), back with the same
     mean and std."""
     mean, std = instance_stats(image)
     m, s = torch.from_numpy(mean), torch.from_numpy(std)

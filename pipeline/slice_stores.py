@@ -4,7 +4,7 @@ One job per zarr shard of a split's image array (40 slices of 320^2; it may span
 pool of worker processes: a worker reads its slices from HDF5 a few at a time (`READ_BYTES` of
 k-space: a multicoil volume's k-space is never whole in memory), computes them, and writes the
 image shard itself, so the encoding and checksums run in parallel. Results come back in order:
-the per-slice arrays (volume, slice, statistics, masks) go through a pipeline.store.ShardedWriter,
+the per-slice arrays (volume, slice, statistics, masks) go through a pipeline.stores.zarr_store.ShardedWriter,
 and the parent hashes the image rows for the arrays' content digests, reading them from shared
 memory. Memory holds a few shards, whatever the number or size of the volumes; the stores are
 byte for byte what writing everything through ShardedWriter gives (tests/test_slice_blocks.py).
@@ -26,7 +26,8 @@ from pipeline.errors import check_disjoint
 from pipeline.io.fastmri import FastMRIFile, VolumeInfo, list_split
 from pipeline.kspace import Workspace, ZeroFilled, check_crop, instance_stats, mask_function, volume_mask
 from pipeline.parallel import forks, ordered_map
-from pipeline.store import DIGEST, SPLITS, ShardedWriter, atomic_path, checksum_codecs, finish_store, shard_slices
+from pipeline.stores.zarr_store import (DIGEST, SPLITS, ShardedWriter, atomic_path, checksum_codecs, finish_store,
+                                        shard_slices)
 
 Progress = Optional[Callable[[int], None]]
 
@@ -126,7 +127,7 @@ def _row_bytes(row_shape: tuple[int, ...], dtype) -> int:
 
 
 def _create_rows_array(group: zarr.Group, name: str, n: int, row_shape: tuple[int, ...], dtype) -> zarr.Array:
-    """An image array laid out as pipeline.store.ShardedWriter lays out its 2-D rows: one slice per
+    """An image array laid out as pipeline.stores.zarr_store.ShardedWriter lays out its 2-D rows: one slice per
     chunk, `shard_slices` slices per shard, zstd + crc32c on every chunk, empty chunks written."""
     shard = min(shard_slices(_row_bytes(row_shape, dtype)), max(n, 1))
     return group.create_array(name, shape=(n, *row_shape), chunks=(1, *row_shape), shards=(shard, *row_shape),
@@ -212,7 +213,7 @@ def _write_store(out: Path, scans: dict[str, list[VolumeInfo]], attrs: dict,
                  params: Callable[[list[VolumeInfo]], tuple], workers: int, progress: Progress) -> dict[str, int]:
     """Every split through one pool of workers, a shard of rows per job: a worker reads its slices
     from HDF5 in blocks, computes them and writes the image shard itself (encoding and checksums in
-    parallel); results come back in order, for the per-slice arrays (a pipeline.store.ShardedWriter)
+    parallel); results come back in order, for the per-slice arrays (a pipeline.stores.zarr_store.ShardedWriter)
     and the image arrays' content digests. Memory holds a few shards whatever the number of volumes."""
     if any(i.challenge != attrs["challenge"] for infos in scans.values() for i in infos):
         raise ValueError(f"scans of another challenge than {attrs['challenge']!r}")

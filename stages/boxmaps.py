@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from pipeline.errors import InputError
-from pipeline.tmp_sweep import owns
+from pipeline.stores.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, stage
 
 
@@ -32,10 +32,10 @@ def boxmaps_cmd(
     Params: data.annotations, data.annotation_frame."""
     owns(out, rejected)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
-    from pipeline.box_maps import write_box_maps
+    from pipeline.roi.box_maps import write_box_maps
     from pipeline.io.annotations import write_rejected
-    from pipeline.boxes import check_boxes
-    from pipeline.store import atomic_path, open_store
+    from pipeline.roi.boxes import check_boxes
+    from pipeline.stores.zarr_store import atomic_path, open_store
     from stages.progress import bar
     from stages.settings import load_params
 

@@ -12,7 +12,7 @@ import sys
 from stages import (boxmaps, evaluate, gradcam, mrnet, prepare, reconstruct, summary,  # noqa: F401  (registers commands)
                     synthesize, undersample, unet)
 from pipeline.threads import openmp_environment
-from pipeline.tmp_sweep import start_reaper
+from pipeline.stores.tmp_sweep import start_reaper
 from stages.app import app
 
 # `roirecon --help` lists the commands in the order `dvc repro` runs them (dvc.yaml), not in
@@ -41,7 +41,7 @@ for _info in app.registered_commands:
 
 def main() -> None:
     # first, while this is the only thread: the reaper sweeps the temporaries of the outputs the stage
-    # owns once this process has ended, kill -9 included (pipeline/tmp_sweep.py)
+    # owns once this process has ended, kill -9 included (pipeline/stores/tmp_sweep.py)
     start_reaper()
     # SIGTERM (a killed `dvc repro`, a CI timeout) unwinds like Ctrl-C, so atomic outputs remove
     # their temporary siblings instead of leaving them behind

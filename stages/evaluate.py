@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.tmp_sweep import owns
+from pipeline.stores.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, stage
 
 
@@ -43,13 +43,13 @@ def evaluate_cmd(
     data.annotations, data.annotation_frame."""
     owns(out, metrics, detail, per_volume, figures, error_maps)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
-    from pipeline.evaluation import (annotation_boxes, evaluate, model_runs, reconstructions_writer,
-                                     summarize_evaluation, write_per_volume)
+    from pipeline.evaluation.evaluate import (annotation_boxes, evaluate, model_runs, reconstructions_writer,
+                                              summarize_evaluation, write_per_volume)
     from pipeline.models.registry import model_config
-    from pipeline.report_figures import error_map_rows, write_figures
-    from pipeline.reports import metrics_table, write_json
+    from pipeline.evaluation.report_figures import error_map_rows, write_figures
+    from pipeline.evaluation.reports import metrics_table, write_json
     from pipeline.threads import share_cpus
-    from pipeline.unet_data import SliceStores
+    from pipeline.stores.unet_data import SliceStores
     from stages.progress import bar
     from stages.settings import load_params
 

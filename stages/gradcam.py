@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.tmp_sweep import owns
+from pipeline.stores.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, named, stage
 
 SCORED_SPLIT = "test"
@@ -41,13 +41,13 @@ def gradcam_cmd(
     Params: gradcam.*, data.annotations, data.annotation_frame."""
     owns(out, metrics, detail, overlays)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
-    from pipeline.boxes import check_boxes, split_boxes
-    from pipeline.gradcam import GradCAMSpec, check_layer, source_mismatch, write_heatmaps
-    from pipeline.gradcam_report import score_heatmaps, slices_shapes
+    from pipeline.roi.boxes import check_boxes, split_boxes
+    from pipeline.roi.gradcam import GradCAMSpec, check_layer, source_mismatch, write_heatmaps
+    from pipeline.evaluation.gradcam_report import score_heatmaps, slices_shapes
     from pipeline.models.mrnet import load_mrnet
-    from pipeline.reports import write_json
-    from pipeline.roi_scores import frame_tolerances, location_prior, tracked_metrics
-    from pipeline.store import atomic_path, open_store
+    from pipeline.evaluation.reports import write_json
+    from pipeline.roi.scores import frame_tolerances, location_prior, tracked_metrics
+    from pipeline.stores.zarr_store import atomic_path, open_store
     from pipeline.threads import share_cpus
     from stages.progress import bar
     from stages.settings import load_params

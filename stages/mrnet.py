@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.tmp_sweep import owns
+from pipeline.stores.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, named, stage
 
 # what `dvc metrics diff` shows of the classifier: quality only (counts, threshold, best epoch,
@@ -38,8 +38,8 @@ def train_mrnet_cmd(
     owns(out, metrics, detail, live)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.models.mrnet import save_mrnet
-    from pipeline.reports import pick, write_json
-    from pipeline.store import atomic_path
+    from pipeline.evaluation.reports import pick, write_json
+    from pipeline.stores.zarr_store import atomic_path
     from pipeline.threads import share_cpus
     from pipeline.training.mrnet import progress_units, train_mrnet
     from stages.progress import bar, live_logger

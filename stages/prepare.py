@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.tmp_sweep import owns
+from pipeline.stores.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, RAW_DIR_OPTION, app, named, slice_counts, stage
 
 

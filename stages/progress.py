@@ -107,7 +107,7 @@ def live_logger(out_dir: Optional[Path | str]) -> Iterator[Callable[[Mapping[str
         return
     from dvclive import Live  # imported here: `roirecon --help` does not need it
 
-    from pipeline.store import atomic_path
+    from pipeline.stores.zarr_store import atomic_path
 
     with atomic_path(out_dir) as tmp:
         live = Live(dir=str(tmp), dvcyaml=False, save_dvc_exp=False, report=None)

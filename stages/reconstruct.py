@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.tmp_sweep import owns
+from pipeline.stores.tmp_sweep import owns
 from stages.app import app, named, stage
 
 

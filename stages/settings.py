@@ -107,7 +107,7 @@ class MRNetSettings(Section):
 
 
 class GradCAMSettings(Section):
-    # the class-activation methods of pipeline.gradcam.METHODS (spelled out here: importing the
+    # the class-activation methods of pipeline.roi.gradcam.METHODS (spelled out here: importing the
     # library would put torch and captum in every stage's import closure; tests/test_settings.py
     # checks the two lists agree)
     method: Literal["gradcam", "hirescam", "layercam"]

@@ -25,7 +25,7 @@ def summary_cmd(
     Reads: reports/metrics.json, reports/evaluation.json, reports/.
 
     Writes: nothing."""
-    from pipeline.reports import metrics_table
+    from pipeline.evaluation.reports import metrics_table
 
     if not metrics.is_file():
         raise InputError(f"{metrics}: no metrics yet (run `dvc repro` first)")

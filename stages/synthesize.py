@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.tmp_sweep import owns
+from pipeline.stores.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, stage
 
 
@@ -25,8 +25,8 @@ def synthesize_cmd(
     Params: seed, synthetic.*."""
     owns(out)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
-    from pipeline.store import atomic_path
-    from pipeline.synthetic import SyntheticSpec, synthesize
+    from pipeline.stores.zarr_store import atomic_path
+    from pipeline.synthetic.dataset import SyntheticSpec, synthesize
     from stages.progress import bar
     from stages.settings import load_params
 

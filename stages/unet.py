@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from pipeline.errors import InputError
-from pipeline.tmp_sweep import owns
+from pipeline.stores.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, named, rerun_under_torchrun, stage
 
 
@@ -54,7 +54,7 @@ def train_unet_cmd(
     from pipeline.threads import share_cpus
     from pipeline.training.unet import (CURVE_KEYS, ROI_VARIANTS, TrainConfig, epoch_line, is_main_process,
                                         result_line, train_unet)
-    from pipeline.unet_data import SliceStores, acquisition
+    from pipeline.stores.unet_data import SliceStores, acquisition
     from stages.progress import bar, live_logger
     from stages.settings import load_params
 

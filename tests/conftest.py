@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _write(root: Path, **spec_kw) -> Path:
-    from pipeline.synthetic import SyntheticSpec, write_fastmri
+    from pipeline.synthetic.dataset import SyntheticSpec, write_fastmri
     kw = dict(volumes={"train": 2, "val": 1, "test": 1}, slices=3, recon_size=32, coils=1,
               lesion_rate=0.5, exams={"train": 4, "valid": 2}, exam_slices=3)
     kw.update(spec_kw)

@@ -63,10 +63,10 @@ def full_reports() -> dict:
     import numpy as np
     import pandas as pd
 
-    from pipeline.evaluation import summarize
+    from pipeline.evaluation.evaluate import summarize
     from pipeline.metrics import ALL
-    from pipeline.reports import clean, pick
-    from pipeline.roi_scores import score_slices, slice_scores, summarise, tracked_metrics
+    from pipeline.evaluation.reports import clean, pick
+    from pipeline.roi.scores import score_slices, slice_scores, summarise, tracked_metrics
     from stages.mrnet import TRACKED
 
     rng = np.random.default_rng(1)

@@ -1,6 +1,6 @@
 """Docs that cannot go stale: every table in README.md (and docs/*.md) that restates a default or a
 result is rendered from params.yaml and the committed reports (tools/render_docs.py,
-pipeline/doc_tables.py), and the committed pages must equal what they render."""
+pipeline/evaluation/doc_tables.py), and the committed pages must equal what they render."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import doc_tables
-from pipeline.doc_tables import BLOCKS, MISSING, blocks_in, fill, param_value, render, stale
+from pipeline.evaluation import doc_tables
+from pipeline.evaluation.doc_tables import BLOCKS, MISSING, blocks_in, fill, param_value, render, stale
 from tests.helpers import REPO, full_reports
 
 

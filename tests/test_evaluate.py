@@ -13,16 +13,16 @@ import pytest
 import torch
 from fastmri import evaluate as fm_eval
 
-from pipeline.box_maps import write_box_maps
+from pipeline.roi.box_maps import write_box_maps
 from pipeline.io.annotations import to_fastmri_plus, write_annotations
 from pipeline.metrics import ALL, volume_slices
-from pipeline.inference import reconstruct
+from pipeline.models.inference import reconstruct
 from pipeline.models.registry import load_unet, model_config
 from pipeline.models.unet_seed import SeedUnet
 from pipeline.stats import compare
-from pipeline.store import as_str, open_store
+from pipeline.stores.zarr_store import as_str, open_store
 from pipeline.training.unet import train_unet
-from pipeline.unet_data import SliceStores
+from pipeline.stores.unet_data import SliceStores
 from tests.helpers import run_cli, write_params
 from tests.test_unet import CROP, TINY_UNET, _cfg, build_stores, fake_heatmaps, one_thread  # noqa: F401
 
@@ -196,7 +196,7 @@ Z_2X4 = np.array([[0.3, 0.1, 0.5, 0.2], [0.1, 0.0, 0.2, 0.1]])   # oracle - base
 
 def _summarized_2x4() -> tuple[dict, dict]:
     """`summarize` of a baseline and an oracle over 2 seeds x 4 volumes, oracle - baseline = Z_2X4."""
-    from pipeline.evaluation import summarize
+    from pipeline.evaluation.evaluate import summarize
     rows = [{"variant": v, "seed": s, "volume": f"v{k}", "split": "test", "n_slices": 4, "n_roi_slices": 1,
              **{m: 20.0 + k + (Z_2X4[s, k] if v == "oracle" else 0.0) for m in ALL}}
             for v in ("baseline", "oracle") for s in (0, 1) for k in range(4)]
@@ -271,7 +271,7 @@ def test_summary(evaluated, tmp_path):
     assert r.exit_code == 0, r.output
     assert "oracle_vs_baseline roi_psnr: delta" in r.output and "ROI SSIM" in r.output and "error maps" in r.output
     # the tracked (two-level) interval first, the volume-only one from the detail beside it
-    from pipeline.reports import write_json
+    from pipeline.evaluation.reports import write_json
     metrics, detail = _summarized_2x4()
     write_json(tmp_path / "metrics.json", metrics)
     write_json(tmp_path / "evaluation.json", detail)

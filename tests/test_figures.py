@@ -9,10 +9,10 @@ import pytest
 from matplotlib import image as mpimg
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from pipeline import figures_compare as fc
-from pipeline.boxes import box_mask
-from pipeline.figures import (ERROR_CMAP, ErrorPanel, choose_slices, error_map_figure, psnr_db, shared_error_scale,
-                              write_error_maps, zoom_window)
+from pipeline.figures import compare as fc
+from pipeline.roi.boxes import box_mask
+from pipeline.figures.error_maps import (ERROR_CMAP, ErrorPanel, choose_slices, error_map_figure, psnr_db,
+                                         shared_error_scale, write_error_maps, zoom_window)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.figures_frontier import write_figure
-from pipeline.frontier import Setting, choose_default, frontier_rows, frontier_table
+from pipeline.evaluation.frontier import WHOLE_FLOOR_DB, Setting, choose_default, frontier_rows, frontier_table
+from pipeline.figures.frontier import write_frontier
 from pipeline.stats import compare
 
 
@@ -76,6 +76,6 @@ def test_rows_hold_the_two_level_comparison_of_each_variant_with_its_baseline():
 
 def test_the_figure_is_written(tmp_path):
     rows = [_row("default", 0.15, 0.00), _row("lambda-16", 0.60, -0.20)]
-    write_figure(rows, choose_default(rows), tmp_path / "f.png")
+    write_frontier(frontier_table(rows, choose_default(rows)), WHOLE_FLOOR_DB, tmp_path / "f.png")
     with Image.open(tmp_path / "f.png") as im:
         assert im.size[0] > 600 and im.size[1] > 400

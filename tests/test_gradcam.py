@@ -11,14 +11,14 @@ import torch
 import zarr
 
 from pipeline.errors import BadValue
-from pipeline.gradcam import (METHODS, GradCAMSpec, as_str, explainable, feature_geometry, slice_cams,
-                              upsample_aligned, volume_heatmaps)
+from pipeline.roi.gradcam import (METHODS, GradCAMSpec, as_str, explainable, feature_geometry, slice_cams,
+                                  upsample_aligned, volume_heatmaps)
 from pipeline.models.mrnet import MRNet, prepare_volume, save_mrnet
-from pipeline.boxes import crop_boxes, slice_boxes, split_boxes, without_labels
-from pipeline.roi_scores import (location_prior, slice_scores, near_boxes, pointing_hit, score_slices, tolerance_px,
+from pipeline.roi.boxes import crop_boxes, slice_boxes, split_boxes, without_labels
+from pipeline.roi.scores import (location_prior, slice_scores, near_boxes, pointing_hit, score_slices, tolerance_px,
                                  tracked_scores)
 from pipeline.stats import ratio_bootstrap_interval
-from pipeline.store import check_aligned, finish_store, open_store, split_group
+from pipeline.stores.zarr_store import check_aligned, finish_store, open_store, split_group
 from tests.helpers import run_cli, write_params
 
 
@@ -250,7 +250,7 @@ def test_hirescam_and_layercam_match_their_definitions_and_differ(layer):
 def test_source_mismatch_rule(tmp_path):
     import h5py
 
-    from pipeline.gradcam import SYNTHETIC_MARKER, source_mismatch
+    from pipeline.roi.gradcam import SYNTHETIC_MARKER, source_mismatch
 
     def raw(name: str, header: bytes) -> Path:
         (tmp_path / name / "val").mkdir(parents=True)
@@ -303,7 +303,7 @@ def test_every_lesion_slice_gets_a_map_at_its_lesion():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """A tiny synthetic fastMRI dataset (recon 64, lesions in every test volume) and its slices store."""
-    from pipeline.synthetic import SyntheticSpec, synthesize
+    from pipeline.synthetic.dataset import SyntheticSpec, synthesize
     root = tmp_path_factory.mktemp("gradcam_data")
     spec = SyntheticSpec(volumes={"train": 1, "val": 1, "test": 2}, slices=4, recon_size=64, coils=1,
                          lesion_rate=1.0, exams={"train": 2, "valid": 2}, exam_slices=2)
@@ -473,8 +473,8 @@ def test_gradcam_warns_once_when_model_and_slices_differ_in_source(tiny_data, tm
 def test_gradcam_methods_benchmark_on_val(tiny_data, model_file, tmp_path, capsys):
     """benchmarks/gradcam_methods.py: every method x layer scored on val, as the stage scores test."""
     from benchmarks.gradcam_methods import main
-    from pipeline.roi_scores import frame_tolerances
-    from pipeline.boxes import check_boxes
+    from pipeline.roi.scores import frame_tolerances
+    from pipeline.roi.boxes import check_boxes
 
     out = tmp_path / "bench.json"
     params = write_params(tmp_path / "params.yaml", data={"annotations": str(tiny_data / "synthetic/annotations.csv")})
@@ -513,7 +513,7 @@ def test_gradcam_methods_benchmark_on_val(tiny_data, model_file, tmp_path, capsy
 def test_overlay_marks_the_peak_and_the_tolerance(tmp_path):
     """The overlay's maximum marker follows the pointing game at 0 and at the tolerance; the circle
     of the tolerance changes the picture."""
-    from pipeline import figures_gradcam as fg
+    from pipeline.figures import overlays as fg
 
     heat = np.zeros((64, 64), np.float32)
     heat[20, 30] = 1.0                                   # 3 columns right of the box (cols 22..27)

@@ -1,4 +1,4 @@
-"""No leftovers: a killed stage's temporaries go once their owner is gone (pipeline/tmp_sweep.py).
+"""No leftovers: a killed stage's temporaries go once their owner is gone (pipeline/stores/tmp_sweep.py).
 
 `kill -9` of prepare or train-unet at a point the test picks (a `sitecustomize` on PYTHONPATH makes
 the stage SIGKILL itself at the n-th `os.replace` that touches a given path), then `dvc repro`:
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.tmp_sweep import Claim, sweep
+from pipeline.stores.tmp_sweep import Claim, sweep
 from tests.helpers import REPO, dvc_interpolate, run_cli, stage_argv
 from tests.test_dvc_pipeline import _env, _sh, _tiny_params
 
@@ -73,7 +73,7 @@ def _killed_writer(final: Path) -> int:
     mid-write; returns the child's pid."""
     final.parent.mkdir(parents=True, exist_ok=True)
     return _run_and_die(
-        f"from pipeline.tmp_sweep import Claim\n"
+        f"from pipeline.stores.tmp_sweep import Claim\n"
         f"c = Claim(__import__('pathlib').Path({str(final)!r})); (c.path('tmp') / 'train').mkdir(parents=True)\n"
         f"c.path('old').write_text('x')\n"
         f"child = os.fork()\n"

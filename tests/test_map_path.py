@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.acquisition import acquire_volume, encoding_for, ismrmrd_header
+from pipeline.synthetic.acquisition import acquire_volume, encoding_for, ismrmrd_header
 from pipeline.models.mrnet import MRNet, save_mrnet
-from pipeline.synthetic import _write_h5
+from pipeline.synthetic.dataset import _write_h5
 from tests.helpers import run_cli, write_params
 
 R, CROP, SLICES = 96, 64, 4            # recon frame 96 (boxes are given in it), centre crop 64

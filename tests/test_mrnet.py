@@ -131,7 +131,7 @@ def test_per_exam_batchnorm_uses_the_exams_own_statistics_in_train_and_eval():
 
 
 def test_detached_statistics_give_the_same_values_and_each_slice_its_own_gradient():
-    from pipeline.gradcam import explainable
+    from pipeline.roi.gradcam import explainable
     torch.manual_seed(1)
     model = MRNet("batch").eval()
     torch.nn.init.normal_(model.classifier.weight, std=0.1)

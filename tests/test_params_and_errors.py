@@ -314,7 +314,7 @@ def _volume(slices_store: Path, split: str = "train") -> tuple[str, int]:
 
 
 def _boxes(csv: Path, slices_store: Path, split: str = "train"):
-    from pipeline.boxes import split_boxes
+    from pipeline.roi.boxes import split_boxes
     return split_boxes(csv, slices_store, split, 24, None)
 
 
@@ -359,7 +359,7 @@ BAD_ROWS = [  # (row, reason written to the rejected-rows CSV)
 
 @pytest.mark.parametrize("row,reason", BAD_ROWS)
 def test_bad_row_is_left_out_with_its_reason(tmp_path, slices_store, capsys, row, reason):
-    from pipeline.boxes import check_boxes
+    from pipeline.roi.boxes import check_boxes
     name, n = _volume(slices_store)
     csv = tmp_path / "knee.csv"
     csv.write_text(HEADER + f"{name},0,No,1,1,4,4,ok\n\n" + row.format(name=name) + "\n")

@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from pipeline.io.annotations import recon_frames
-from pipeline.store import open_store
+from pipeline.stores.zarr_store import open_store
 from tests.helpers import copy_tree, run_cli, write_params
 
 

@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from pipeline.io.fastmri import FastMRIFile, list_split
-from pipeline.store import as_str, open_store
+from pipeline.stores.zarr_store import as_str, open_store
 from tests.helpers import REPO, run_cli, stage_argv, write_params
 
 CROP = 128
@@ -50,7 +50,7 @@ MRNET_DIR = "data/raw/MRNet-v1.0"
 # ---------------------------------------------------------------- data in the real formats
 
 def _write_fastmri(ws: Path) -> list[dict]:
-    from pipeline.synthetic import SyntheticSpec, write_fastmri
+    from pipeline.synthetic.dataset import SyntheticSpec, write_fastmri
     spec = SyntheticSpec(volumes=VOLUMES, slices=SLICES, recon_size=320, coils=1, lesion_rate=1.0,
                          eval_lesion_rate=1.0, noise=0.02)
     return write_fastmri(ws / RAW, spec, seed=3, workers=1)
@@ -74,7 +74,7 @@ def _write_knee_csv(ws: Path, rows: list[dict]) -> None:
 
 def _write_mrnet(ws: Path) -> None:
     """MRNet-v1.0: every plane and task; exams of 4 or 5 slices of 256 x 256 (the real ones vary)."""
-    from pipeline.synthetic import SyntheticSpec, write_mrnet_exams
+    from pipeline.synthetic.dataset import SyntheticSpec, write_mrnet_exams
     root = ws / MRNET_DIR
     write_mrnet_exams(root, SyntheticSpec(recon_size=256, exams={"train": 10, "valid": 4}, exam_slices=5,
                                           lesion_rate=0.5), seed=3, workers=1)

@@ -12,7 +12,7 @@ import torch
 from pipeline.kspace import mask_function, volume_mask
 from pipeline.models.registry import build_unet, model_config, save_unet
 from pipeline.reconstruct import acquisition_of
-from pipeline.unet_data import denormalize, normalize
+from pipeline.stores.unet_data import denormalize, normalize
 from tests.helpers import run_cli
 
 CROP = 32  # the tiny fixtures' recon size
@@ -53,7 +53,7 @@ def _evaluate_style(tmp: Path, path: Path, challenge: str, model) -> np.ndarray:
     """The evaluate stage's reconstruction of one volume: the undersample stage's store of that file,
     then normalise -> model -> back to target units with the stored image, mean and std."""
     from pipeline.slice_stores import MaskSpec, build_undersampled_store, scan_split
-    from pipeline.store import open_store
+    from pipeline.stores.zarr_store import open_store
 
     store = tmp / "undersampled.zarr"
     build_undersampled_store(store, {"test": scan_split([path], challenge, CROP)}, raw_dir=str(path.parent),

@@ -58,7 +58,7 @@ def test_gradcam_methods_are_the_librarys():
     """settings spells the class-activation methods out (no torch import); they must be the library's."""
     import typing
 
-    from pipeline.gradcam import METHODS
+    from pipeline.roi.gradcam import METHODS
     from stages.settings import GradCAMSettings
     assert typing.get_args(GradCAMSettings.model_fields["method"].annotation) == METHODS
 

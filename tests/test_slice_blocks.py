@@ -1,5 +1,5 @@
 """prepare and undersample, a shard per job over worker processes: the same bytes whatever the
-read size and the number of workers, and as writing every array through pipeline.store's
+read size and the number of workers, and as writing every array through pipeline.stores.zarr_store's
 ShardedWriter; the zero-filled transform's pieces (work arrays kept between volumes, odd sizes),
 the statistics, the finiteness check, the lazy ordered map."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pipeline.io.fastmri import all_finite
 from pipeline.kspace import Workspace, ZeroFilled, instance_stats, zero_filled
 from pipeline.parallel import ordered_map
 from pipeline.slice_stores import MaskSpec, build_slices_store, build_undersampled_store, scan
-from pipeline.store import DIGEST, ShardedWriter, open_store, read_rows
+from pipeline.stores.zarr_store import DIGEST, ShardedWriter, open_store, read_rows
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -46,7 +46,7 @@ def test_stores_identical_whatever_the_reads_and_workers(tiny_fastmri, tiny_fast
 
 def test_stores_equal_writing_everything_through_sharded_writer(full_size_fastmri, tmp_path, monkeypatch):
     """Several shards per split (crop 320: 40 slices a shard, here made 1 by a 1-slice shard size):
-    the workers' shards, the per-slice arrays and the content digests are what pipeline.store's
+    the workers' shards, the per-slice arrays and the content digests are what pipeline.stores.zarr_store's
     ShardedWriter writes for the same rows."""
     raw = full_size_fastmri / "singlecoil"
     monkeypatch.setattr(slice_stores, "shard_slices", lambda row_bytes: 1)

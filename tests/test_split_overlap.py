@@ -59,7 +59,7 @@ def test_mrnet_exam_in_train_and_valid(tmp_path):
 
 
 def test_synthetic_exams_are_disjoint(tmp_path):
-    from pipeline.synthetic import SyntheticSpec, write_mrnet_exams
+    from pipeline.synthetic.dataset import SyntheticSpec, write_mrnet_exams
     spec = SyntheticSpec(volumes={"train": 1}, slices=1, recon_size=32, exams={"train": 3, "valid": 2},
                          exam_slices=2)
     write_mrnet_exams(tmp_path, spec, seed=0)

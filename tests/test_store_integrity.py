@@ -14,8 +14,8 @@ import zarr
 
 from pipeline.errors import InputError
 from pipeline.models.registry import build_unet, model_config, save_unet
-from pipeline.store import ShardedWriter, finish_store, open_store
-from pipeline.unet_data import SliceStores
+from pipeline.stores.zarr_store import ShardedWriter, finish_store, open_store
+from pipeline.stores.unet_data import SliceStores
 from tests.helpers import run_cli, write_params
 from tests.test_unet import TINY_UNET, build_stores, one_thread  # noqa: F401
 
@@ -220,7 +220,7 @@ def test_damage_in_a_later_shard_names_that_shard(tmp_path):
     w.close()
     finish_store(root)
     _flip(tmp_path / "u.zarr/val/image/c/1/0/0", 3)
-    from pipeline.unet_data import read_image_rows
+    from pipeline.stores.unet_data import read_image_rows
     g = open_store(tmp_path / "u.zarr", kind="undersampled")["val"]
     np.testing.assert_array_equal(read_image_rows(g["image"], [4, 0, 1]), np.arange(80, dtype=np.float32).reshape(5, 4, 4)[[4, 0, 1]])
     with pytest.raises(InputError, match=r"u.zarr: array val/image: chunk c/1/0/0 \(rows 2-3\) damaged "
@@ -229,7 +229,7 @@ def test_damage_in_a_later_shard_names_that_shard(tmp_path):
 
 
 def test_shard_rows_read_what_zarr_reads_and_refuse_what_zarr_refuses(stores, tmp_path):
-    from pipeline.store import ShardRows
+    from pipeline.stores.zarr_store import ShardRows
     for store, split, name in (("slices.zarr", "val", "target"), ("undersampled.zarr", "train", "image"),
                                ("heatmaps.zarr", "test", "heatmap")):
         arr = open_store(stores / store, kind=store.split(".")[0])[split][name]

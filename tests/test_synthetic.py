@@ -19,16 +19,16 @@ from fastmri.data import transforms as T
 from fastmri.data.mri_data import AnnotatedSliceDataset, SliceDataset, et_query
 from fastmri.data.subsample import RandomMaskFunc
 
-from pipeline.acquisition import acquire_fov, acquire_volume, encoding_for
-from pipeline.boxes import slice_boxes
+from pipeline.synthetic.acquisition import acquire_fov, acquire_volume, encoding_for
+from pipeline.roi.boxes import slice_boxes
 from pipeline.errors import InputError
 from pipeline.io.annotations import (COLUMNS, from_fastmri_plus, read_annotations,
                                      to_fastmri_plus, write_annotations)
-from pipeline.phantom import render_knee
-from pipeline.fastmri_plus_knee import FRAME_AREA_QUANTILES, KNEE_LABELS, SHARE_UNDER_400_PX_AT_320
-from pipeline.phantom_lesions import LESION_KINDS
-from pipeline.synthetic import (SyntheticSpec, synth_volume, synthesize, total_units, write_fastmri,
-                                write_mrnet_exams)
+from pipeline.synthetic.phantom import render_knee
+from pipeline.synthetic.fastmri_plus_knee import FRAME_AREA_QUANTILES, KNEE_LABELS, SHARE_UNDER_400_PX_AT_320
+from pipeline.synthetic.lesions import LESION_KINDS
+from pipeline.synthetic.dataset import (SyntheticSpec, synth_volume, synthesize, total_units, write_fastmri,
+                                        write_mrnet_exams)
 
 
 def FULL_MASK(shape, offset=None, seed=None):
@@ -524,7 +524,7 @@ def test_default_spec():
 
 
 def test_evaluation_splits_can_be_lesion_rich():
-    from pipeline.synthetic import _fastmri_jobs
+    from pipeline.synthetic.dataset import _fastmri_jobs
     spec = SyntheticSpec(volumes={"train": 10, "val": 8, "test": 40}, lesion_rate=0.5, eval_lesion_rate=0.9)
     lesions = {s: sum(j[4] for j in _fastmri_jobs(spec, 0) if j[2] == s) for s in ("train", "val", "test")}
     assert lesions == {"train": 5, "val": 7, "test": 36}

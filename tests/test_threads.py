@@ -144,7 +144,7 @@ def test_every_torch_stage_shares_the_cpus(module):
 def test_one_home_for_the_thread_count():
     """Only pipeline/threads.py chooses the intra-op threads: elsewhere torch.set_num_threads is a
     DataLoader worker's 1 or a count a caller passed in."""
-    allowed = {"pipeline/threads.py": None, "pipeline/unet_data.py": "torch.set_num_threads(1)",
+    allowed = {"pipeline/threads.py": None, "pipeline/stores/unet_data.py": "torch.set_num_threads(1)",
                "pipeline/training/mrnet.py": "torch.set_num_threads(cfg.threads)"}
     for path in sorted((REPO / "pipeline").rglob("*.py")) + sorted((REPO / "stages").rglob("*.py")):
         rel = str(path.relative_to(REPO))

@@ -57,7 +57,7 @@ def test_what_the_stages_track_is_few_and_quality_only():
 
 
 def test_pick_keeps_the_paths_and_their_nesting():
-    from pipeline.reports import pick
+    from pipeline.evaluation.reports import pick
     report = {"test": {"auc": 0.6, "n": 120}, "tune_auc": 0.7, "n_train": 10}
     assert pick(report, ("test.auc", "tune_auc", "test.missing", "nothing.here")) == \
         {"test": {"auc": 0.6}, "tune_auc": 0.7}

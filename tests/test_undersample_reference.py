@@ -10,7 +10,7 @@ from fastmri.data import transforms as T
 
 from pipeline.kspace import INTEGER_ACCELERATION_MASKS, MASK_TYPES, mask_function, volume_mask, zero_filled
 from pipeline.slice_stores import MaskSpec, build_slices_store, build_undersampled_store, scan
-from pipeline.store import open_store
+from pipeline.stores.zarr_store import open_store
 
 
 def _reference_image(kspace: np.ndarray, mask_func, fname: str, crop: int, challenge: str):

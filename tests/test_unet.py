@@ -19,10 +19,10 @@ from pipeline.errors import InputError
 from pipeline.models.registry import build_unet, load_unet, model_config, save_unet
 from pipeline.models.torch_files import count_parameters
 from pipeline.models.unet_seed import SeedUnet
-from pipeline.store import SPLITS, ShardedWriter, atomic_path, finish_store, open_store
+from pipeline.stores.zarr_store import SPLITS, ShardedWriter, atomic_path, finish_store, open_store
 from pipeline.training.unet import TrainConfig, train_unet
-from pipeline.store import as_str
-from pipeline.unet_data import SliceStores
+from pipeline.stores.zarr_store import as_str
+from pipeline.stores.unet_data import SliceStores
 from tests.helpers import REPO, run_cli, write_params
 
 CROP = 32
@@ -328,7 +328,7 @@ def test_seed_arch_trains(stores, tmp_path):
 
 
 def test_train_batches_shard_every_slice_once_into_the_global_batches():
-    from pipeline.unet_data import train_batches
+    from pipeline.stores.unet_data import train_batches
     n, batch, epochs = 10, 4, 3
     for epoch in range(epochs):
         single_sampler, single = train_batches(n, batch, 1, 0, seed=5)

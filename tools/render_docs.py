@@ -4,7 +4,7 @@ Usage: python tools/render_docs.py [--write | --check [--rev REV]] [--root DIR]
 
 Every table in the docs that restates a default or a result sits between
 `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` and is written here, never by hand
-(`pipeline/doc_tables.py` renders each one; `BLOCKS` there names them and what they read).
+(`pipeline/evaluation/doc_tables.py` renders each one; `BLOCKS` there names them and what they read).
 `--check` (the default) prints one line per table that differs from what the files render and exits
 1 if there is any; `--rev HEAD` checks the files as committed at that revision instead of the
 working tree (tests/test_docs.py does: a local `dvc repro`, whose trainings differ in the last digits
@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:        # run as a script from anywhere: the library is the repo's
     sys.path.insert(0, str(REPO))
 
-from pipeline.doc_tables import SOURCES, fill, stale  # noqa: E402
+from pipeline.evaluation.doc_tables import SOURCES, fill, stale  # noqa: E402
 
-# where each source of pipeline.doc_tables lives, relative to the repository root
+# where each source of pipeline.evaluation.doc_tables lives, relative to the repository root
 SOURCE_FILES = {
     "params": "params.yaml",
     "metrics": "reports/metrics.json", "evaluation": "reports/evaluation.json",

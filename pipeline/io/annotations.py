@@ -106,7 +106,7 @@ def recon_frames(slices_path: Path | str, split: str, frame: int | None = None,
     was built from (its `raw_dir` and `challenge` attrs). `param` names the setting to suggest
     when a file cannot be found."""
     from pipeline.io.fastmri import FastMRIFile
-    from pipeline.store import open_store, read_rows, split_group
+    from pipeline.stores.zarr_store import open_store, read_rows, split_group
 
     slices = open_store(slices_path, kind="slices")
     names = sorted(set(read_rows(split_group(slices, split, slices_path)["volume"]).tolist()))
@@ -131,7 +131,7 @@ def store_volumes(slices_path: Path | str) -> dict[str, dict[str, int]]:
     """{split: {volume file name: number of slices}} of every split of a slices store."""
     import numpy as np
 
-    from pipeline.store import SPLITS, open_store, read_rows
+    from pipeline.stores.zarr_store import SPLITS, open_store, read_rows
 
     slices = open_store(slices_path, kind="slices")
     out: dict[str, dict[str, int]] = {}

@@ -16,7 +16,7 @@ from torch import nn
 from pipeline.errors import BadValue, InputError
 from pipeline.models.torch_files import read_model_file
 from pipeline.models.unet_seed import SeedUnet
-from pipeline.store import atomic_path
+from pipeline.stores.zarr_store import atomic_path
 
 KIND = "unet"
 ARCHS = ("fastmri", "seed")

@@ -1,0 +1,1 @@
+"""Training loops of the U-Net and MRNet, the device choice and the loops' logging hooks."""

@@ -1,7 +1,7 @@
 """U-Net training: baseline (plain loss), or a loss up-weighted by an ROI map: `weighted` (Grad-CAM
 heatmaps) or `oracle` (the ground-truth boxes drawn as a map; the same weighting code).
 
-- Data streams from the stores through a DataLoader (`pipeline.unet_data`): no split is held in memory.
+- Data streams from the stores through a DataLoader (`pipeline.stores.unet_data`): no split is held in memory.
 - Device `auto`: CUDA when present, else CPU. On CUDA: bf16 autocast in the training forward only
   (validation is fp32), channels_last, pinned memory and non-blocking copies, no host synchronisation
   per step (losses accumulate on the device and are read once per `log_every` steps and per epoch);
@@ -38,14 +38,14 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.errors import BadValue, InputError, first_line
-from pipeline.inference import forward, to_target_units
+from pipeline.models.inference import forward, to_target_units
 from pipeline.losses import ReconLoss, RoiWeighting
 from pipeline.metrics import volume_metrics
 from pipeline.models.registry import build_unet, check_state_dict, plain_state_dict, save_unet
-from pipeline.store import atomic_path
+from pipeline.stores.zarr_store import atomic_path
 from pipeline.training.device import autocast, seed_everything, select_device
-from pipeline.unet_data import (Batch, SliceStores, iterate, rank_volumes, to_device, train_batches,
-                                train_loader, volume_loader)
+from pipeline.stores.unet_data import (Batch, SliceStores, iterate, rank_volumes, to_device, train_batches,
+                                       train_loader, volume_loader)
 
 VARIANTS = ("baseline", "weighted", "oracle")
 ROI_VARIANTS = ("weighted", "oracle")
@@ -109,8 +109,8 @@ class TrainConfig:
 
 # The modules whose source shapes a training run: what this module and the data path run.
 TRAINING_CODE = ("pipeline.training.unet", "pipeline.training.device", "pipeline.losses", "pipeline.metrics",
-                 "pipeline.unet_data", "pipeline.store", "pipeline.inference", "pipeline.models.registry",
-                 "pipeline.models.unet_seed")
+                 "pipeline.stores.unet_data", "pipeline.stores.zarr_store", "pipeline.models.inference",
+                 "pipeline.models.registry", "pipeline.models.unet_seed")
 
 
 def training_code_digest() -> str:

@@ -21,14 +21,14 @@ Textures: fine grain / trabecular bone, vertically elongated muscle fibres and a
 heterogeneity (filtered noise, correlated across slices), a smooth receive bias and a smooth phase.
 
 Lesions (in `lesion=True` volumes, one to three with different fastMRI+ knee labels, drawn to
-match fastMRI+ knee.csv's label frequencies, box sizes and slice runs: `pipeline.phantom_lesions`)
+match fastMRI+ knee.csv's label frequencies, box sizes and slice runs: `pipeline.synthetic.lesions`)
 carry per-slice boxes `(row0, col0, height, width)` in the recon frame (native orientation, row 0 =
 top, the central `fov_shape` crop of the grid).
 
-The parts: `pipeline.phantom_anatomy` (the subject and the lesion-free tissue map of a slice),
-`pipeline.phantom_lesions` (lesions and their boxes), `pipeline.phantom_shapes` (the drawing kit);
+The parts: `pipeline.synthetic.anatomy` (the subject and the lesion-free tissue map of a slice),
+`pipeline.synthetic.lesions` (lesions and their boxes), `pipeline.synthetic.shapes` (the drawing kit);
 this module puts a volume together. The acquisition (k-space, noise, coils, header) is
-`pipeline.acquisition`.
+`pipeline.synthetic.acquisition`.
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.phantom_anatomy import Subject, anatomy, draw_subject, precompute, textures
-from pipeline.phantom_lesions import Lesion, LesionPlan, collect_lesions, draw_lesion_plans, lesion_box, paint_lesion
-from pipeline.phantom_shapes import smoothstep
+from pipeline.synthetic.anatomy import Subject, anatomy, draw_subject, precompute, textures
+from pipeline.synthetic.lesions import Lesion, LesionPlan, collect_lesions, draw_lesion_plans, lesion_box, paint_lesion
+from pipeline.synthetic.shapes import smoothstep
 from pipeline.portable_math import det_sincos
 
 

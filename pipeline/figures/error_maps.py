@@ -19,9 +19,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from pipeline.boxes import Box, box_mask
+from pipeline.roi.boxes import Box, box_mask
 from pipeline.metrics import psnr_db
-from pipeline.store import atomic_path
+from pipeline.stores.zarr_store import atomic_path
 
 DPI = 100
 BOX_COLOR = "#39ff14"

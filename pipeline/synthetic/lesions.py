@@ -1,7 +1,7 @@
 """The knee phantom's lesions: what is drawn for each (`plan_lesion`), painting one into a slice's
 tissue map (`paint_lesion`), and its box on each slice (`lesion_box`).
 
-Lesions look like fastMRI+ knee annotations (`pipeline.fastmri_plus_knee`, measured from
+Lesions look like fastMRI+ knee annotations (`pipeline.synthetic.fastmri_plus_knee`, measured from
 `knee.csv`): a lesion-bearing volume has one to three lesions with fastMRI+ label names, drawn with
 the labels' frequencies (per box row); each one's box area, as a fraction of the recon frame, is
 drawn from its label's measured area distribution (log-linear between the 10th, 50th and 90th
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.fastmri_plus_knee import KNEE_LABELS, REAL_SLICES
-from pipeline.phantom_anatomy import Subject
-from pipeline.phantom_shapes import ellipse, inside, paint, smoothstep
+from pipeline.synthetic.fastmri_plus_knee import KNEE_LABELS, REAL_SLICES
+from pipeline.synthetic.anatomy import Subject
+from pipeline.synthetic.shapes import ellipse, inside, paint, smoothstep
 from pipeline.portable_math import det_exp, det_sincos
 
 KIND_OF_LABEL = {

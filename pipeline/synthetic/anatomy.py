@@ -3,7 +3,7 @@
 A subject (`Subject`, `draw_subject`) fixes contrast (proton density with or without fat
 suppression), tissue values, size, position, rotation, laterality and tissue thicknesses. A slice
 at position `s` (anterior 0 -> posterior 1) is drawn by `anatomy` in the canonical frame (see
-`pipeline.phantom`), painter's-algorithm style from the outside in:
+`pipeline.synthetic.phantom`), painter's-algorithm style from the outside in:
 1. soft tissue: the limb outline with subcutaneous fat, muscle above and below the joint, the fat
    planes between muscles;
 2. bones: femur (condyles, metaphysis, shaft, intercondylar notch), tibia (plateau, shaft,
@@ -24,8 +24,8 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.phantom_shapes import (bump, bump_at, capsule, ellipse, inside, paint, rounded_box, shaft, smax,
-                                     smin, smoothstep, smoothstep_at)
+from pipeline.synthetic.shapes import (bump, bump_at, capsule, ellipse, inside, paint, rounded_box, shaft, smax,
+                                       smin, smoothstep, smoothstep_at)
 from pipeline.portable_math import det_exp
 
 ACQ_PD = "CORPD_FBK"
@@ -72,7 +72,7 @@ class Subject:
 
 def draw_subject(rng: np.random.Generator) -> Subject:
     """Contrast, tissue values, size, pose and thicknesses of one knee (the effusion is drawn
-    apart, see `pipeline.phantom.render_knee`)."""
+    apart, see `pipeline.synthetic.phantom.render_knee`)."""
     acq = ACQ_PD if rng.random() < 0.5 else ACQ_PDFS
     tissue = {k: v * float(rng.uniform(0.9, 1.1)) if k not in ("edema_gain",) else v
               for k, v in TISSUES[acq].items()}

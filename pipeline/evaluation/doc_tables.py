@@ -265,7 +265,7 @@ def projection_table(metrics: Mapping, evaluation: Mapping) -> str:
 
 
 def _method_name(method: Optional[str]) -> str:
-    from pipeline.gradcam import METHOD_NAMES
+    from pipeline.roi.gradcam import METHOD_NAMES
     return METHOD_NAMES.get(method, method) if method else MISSING
 
 

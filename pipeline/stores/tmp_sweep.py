@@ -1,6 +1,6 @@
 """Temporaries of atomic outputs, and their removal once the process that wrote them is gone.
 
-`store.atomic_path(final)` writes into `.tmp-<name>-<id>` beside `final` and, while replacing an
+`zarr_store.atomic_path(final)` writes into `.tmp-<name>-<id>` beside `final` and, while replacing an
 old output, moves that aside as `.old-<name>-<id>`. The writer holds an exclusive `flock` on a
 third sibling, `.lock-<name>-<id>`, from before the temporary exists until after both are gone
 (`Claim`). The kernel drops the lock when the writer's process ends, however it ends (kill -9

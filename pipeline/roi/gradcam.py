@@ -42,7 +42,7 @@ from scipy.ndimage import gaussian_filter
 
 from pipeline.errors import BadValue, InputError
 from pipeline.models.mrnet import ExamBatchNorm2d, MRNet, exam_input
-from pipeline.store import SPLITS, ShardedWriter, as_str, finish_store, open_store, read_rows, split_group
+from pipeline.stores.zarr_store import SPLITS, ShardedWriter, as_str, finish_store, open_store, read_rows, split_group
 
 Progress = Optional[Callable[[int], None]]
 
@@ -253,7 +253,7 @@ def annotated_slices(group: zarr.Group, boxes: dict[tuple[str, int], list]) -> l
 
 # --------------------------------------------------------------------------- data sources
 # The synthetic fastMRI files carry `<institutionName>roirecon synthetic</institutionName>` in their
-# ISMRMRD header (`pipeline.acquisition`); real fastMRI headers name a real institution or none.
+# ISMRMRD header (`pipeline.synthetic.acquisition`); real fastMRI headers name a real institution or none.
 SYNTHETIC_MARKER = b"<institutionName>roirecon synthetic</institutionName>"
 
 

@@ -16,9 +16,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from pipeline.evaluation import Run, annotation_boxes, evaluate, per_volume_table
+from pipeline.evaluation.evaluate import Run, annotation_boxes, evaluate, per_volume_table
 from pipeline.stats import compare
-from pipeline.unet_data import SliceStores
+from pipeline.stores.unet_data import SliceStores
 
 WHOLE_FLOOR_DB = -0.05      # the oracle's whole-image interval must reach this or better
 TIE_DB = 0.02               # in-box gains this close to the best are tied; the cheaper setting wins

@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from pipeline.store import atomic_path
+from pipeline.stores.zarr_store import atomic_path
 
 
 def clean(value: Any, digits: Optional[int] = None) -> Any:

@@ -1,7 +1,7 @@
 """How well the Grad-CAM heatmaps find the lesions: scores on the annotated slices of one split
 (pointing game at tolerance 0 and 15 px of the 320 frame, energy in box, chance levels, overall and
-per label, with cluster-bootstrap intervals over volumes: `pipeline.roi_scores.score_slices`) and
-overlay PNGs of a few of those slices, picked evenly (`pipeline.figures_gradcam`)."""
+per label, with cluster-bootstrap intervals over volumes: `pipeline.roi.scores.score_slices`) and
+overlay PNGs of a few of those slices, picked evenly (`pipeline.figures.overlays`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,10 +10,10 @@ from typing import Mapping
 import numpy as np
 import zarr
 
-from pipeline.figures_gradcam import overlay_png, pick_evenly
-from pipeline.gradcam import METHOD_NAMES, annotated_slices, check_slices_split
-from pipeline.roi_scores import score_slices, summarise, slice_scores
-from pipeline.store import SPLITS, open_store, split_group
+from pipeline.figures.overlays import overlay_png, pick_evenly
+from pipeline.roi.gradcam import METHOD_NAMES, annotated_slices, check_slices_split
+from pipeline.roi.scores import score_slices, summarise, slice_scores
+from pipeline.stores.zarr_store import SPLITS, open_store, split_group
 
 
 def slices_shapes(slices_path: Path | str) -> dict[str, tuple[int, int]]:
@@ -27,9 +27,9 @@ def score_heatmaps(heatmaps_path: Path | str, slices_path: Path | str, split: st
                    tolerances: Mapping[str, float], method: str = "gradcam", n_resamples: int = 10000,
                    seed: int = 0, prior: np.ndarray | None = None) -> dict:
     """Scores of the split's heatmaps on its slices with boxes (`boxes` as `split_boxes` gives them;
-    `tolerances`: {volume: pointing-game tolerance in px}, `pipeline.roi_scores.frame_tolerances`),
+    `tolerances`: {volume: pointing-game tolerance in px}, `pipeline.roi.scores.frame_tolerances`),
     and `n_overlays` of those slices drawn into `overlays_dir` (created, empty when there are none)
-    as `<volume stem>_s<slice>.png`. With a `prior` map (`pipeline.roi_scores.location_prior`),
+    as `<volume stem>_s<slice>.png`. With a `prior` map (`pipeline.roi.scores.location_prior`),
     `location_prior` holds the same overall scores for that one map on every slice."""
     heat = zarr.open_group(str(heatmaps_path), mode="r")[split]
     rows = annotated_slices(heat, boxes)

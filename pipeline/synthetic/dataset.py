@@ -5,8 +5,8 @@
 - `out_root/annotations.csv`: fastMRI+ `knee.csv`-style lesion boxes for those files,
 - `out_root/mrnet/`: MRNet-v1.0-style classifier exams (see `write_mrnet_exams`).
 
-A volume is a knee from `pipeline.phantom` (anatomy and lesions) at a random image scale, acquired
-by `pipeline.acquisition` (k-space geometry, coils, noise, the ISMRMRD header; the fastMRI format
+A volume is a knee from `pipeline.synthetic.phantom` (anatomy and lesions) at a random image scale, acquired
+by `pipeline.synthetic.acquisition` (k-space geometry, coils, noise, the ISMRMRD header; the fastMRI format
 of `kspace` and `ismrmrd_header` is described there). The fastMRI files hold:
 - `kspace` (`noise` = `spec.noise`) and `ismrmrd_header`,
 - `reconstruction_esc` (single-coil) float32 (slices, R, R), the acquisition's target; single-coil
@@ -49,12 +49,12 @@ from typing import Callable, Optional
 import h5py
 import numpy as np
 
-from pipeline.acquisition import acquire_fov, acquire_volume, encoding_for, ismrmrd_header
+from pipeline.synthetic.acquisition import acquire_fov, acquire_volume, encoding_for, ismrmrd_header
 from pipeline.errors import InputError
 from pipeline.io.annotations import to_fastmri_plus, write_annotations
 from pipeline.parallel import OrderedPool, worker_count
-from pipeline.phantom import render_knee
-from pipeline.phantom_lesions import Lesion
+from pipeline.synthetic.phantom import render_knee
+from pipeline.synthetic.lesions import Lesion
 from pipeline.portable_math import det_exp, det_rmul
 
 __all__ = ["SyntheticSpec", "write_fastmri", "write_annotations", "write_mrnet_exams", "synthesize",

@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.boxes import Box
-from pipeline.roi_scores import TOLERANCE_320, pointing_hit
+from pipeline.roi.boxes import Box
+from pipeline.roi.scores import TOLERANCE_320, pointing_hit
 
 HEAT_CMAP = "jet"
 HEAT_LABEL = "Grad-CAM (1 = the volume's maximum)"
@@ -38,7 +38,7 @@ def overlay_png(path: Path | str, image: np.ndarray, heat: np.ndarray, boxes: Se
     from matplotlib.lines import Line2D
     from matplotlib.patches import Circle, Patch, Rectangle
 
-    from pipeline.figures import BOX_COLOR, BOX_LABEL, save_png
+    from pipeline.figures.error_maps import BOX_COLOR, BOX_LABEL, save_png
 
     image = np.asarray(image, dtype=np.float32)
     heat = np.asarray(heat, dtype=np.float32)

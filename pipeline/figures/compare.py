@@ -13,7 +13,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-from pipeline.figures import DPI, write_png
+from pipeline.figures.error_maps import DPI, write_png
 
 # metric substring -> (forest panel axis label, decimals of its differences)
 METRIC_GROUPS = (("psnr", "difference in PSNR (dB)", 2), ("ssim", "difference in SSIM (unitless)", 4),

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.unet_data import denormalize
+from pipeline.stores.unet_data import denormalize
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:

@@ -13,8 +13,8 @@ from typing import Callable, Optional
 import numpy as np
 import zarr
 
-from pipeline.boxes import CheckedBoxes, check_boxes, slice_masks, split_boxes, without_labels
-from pipeline.store import SPLITS, ShardedWriter, finish_store, open_store, read_rows, split_group
+from pipeline.roi.boxes import CheckedBoxes, check_boxes, slice_masks, split_boxes, without_labels
+from pipeline.stores.zarr_store import SPLITS, ShardedWriter, finish_store, open_store, read_rows, split_group
 
 Progress = Optional[Callable[[int], None]]
 

@@ -15,12 +15,12 @@ from typing import Sequence
 
 import pandas as pd
 
-from pipeline.evaluation import (MODEL_VARIANTS, REFERENCE, ROI_VARIANTS, ZERO_FILLED, Evaluation, roi_area,
-                                 seed_means)
-from pipeline.figures import ErrorPanel, choose_slices, write_error_maps
-from pipeline.figures_compare import forest_plot, paired_volume_plot, training_curves_plot
-from pipeline.store import atomic_path
-from pipeline.unet_data import SliceStores
+from pipeline.evaluation.evaluate import (MODEL_VARIANTS, REFERENCE, ROI_VARIANTS, ZERO_FILLED, Evaluation, roi_area,
+                                          seed_means)
+from pipeline.figures.error_maps import ErrorPanel, choose_slices, write_error_maps
+from pipeline.figures.compare import forest_plot, paired_volume_plot, training_curves_plot
+from pipeline.stores.zarr_store import atomic_path
+from pipeline.stores.unet_data import SliceStores
 
 LABELS = {ZERO_FILLED: "zero-filled", "baseline": "baseline", "weighted": "Grad-CAM weighted",
           "oracle": "oracle weighted"}

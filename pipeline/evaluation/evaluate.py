@@ -31,15 +31,15 @@ import zarr
 from torch import nn
 
 from pipeline.errors import InputError
-from pipeline.inference import prepare_model, reconstruct
+from pipeline.models.inference import prepare_model, reconstruct
 from pipeline.metrics import ALL, volume_metrics
 from pipeline.models.registry import load_unet
-from pipeline.reports import clean
-from pipeline.boxes import Box, slice_masks, split_boxes, without_labels
+from pipeline.evaluation.reports import clean
+from pipeline.roi.boxes import Box, slice_masks, split_boxes, without_labels
 from pipeline.stats import bootstrap_interval, compare_all, projected_half_width, seed_means, share_of_gain
-from pipeline.store import ShardedWriter, atomic_path, finish_store
+from pipeline.stores.zarr_store import ShardedWriter, atomic_path, finish_store
 from pipeline.training.device import select_device
-from pipeline.unet_data import SliceStores, iterate, volume_loader
+from pipeline.stores.unet_data import SliceStores, iterate, volume_loader
 
 REFERENCE = "baseline"
 MODEL_VARIANTS = ("baseline", "weighted", "oracle")

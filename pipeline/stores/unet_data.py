@@ -28,7 +28,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from pipeline.errors import InputError
 from pipeline.metrics import volume_slices
-from pipeline.store import ShardRows, check_aligned, content_digest, open_store, read_rows, reading, split_group
+from pipeline.stores.zarr_store import (ShardRows, check_aligned, content_digest, open_store, read_rows, reading,
+                                        split_group)
 
 EPS = 1e-11
 CLAMP = 6.0
@@ -204,7 +205,7 @@ class SliceStores(Dataset):
 def read_image_rows(arr: zarr.Array, rows: np.ndarray, fast: Optional[ShardRows] = None) -> np.ndarray:
     """`arr[rows]` as float32. With `fast` (the array's `ShardRows`), row by row from the shard files;
     else through zarr, one request per run of consecutive rows within a shard (a volume is a request
-    or two). Either way a damaged chunk is an InputError naming its shard (`pipeline.store`)."""
+    or two). Either way a damaged chunk is an InputError naming its shard (`pipeline.stores.zarr_store`)."""
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty((len(rows),) + tuple(arr.shape[1:]), dtype=np.float32)
     if fast is not None:

@@ -1,31 +1,29 @@
 """The ROI weighting's frontier figure: each setting's whole-image against in-box PSNR change, oracle
-and Grad-CAM variant, with their 95% intervals (`pipeline.frontier`)."""
+and Grad-CAM variant, with their 95% intervals (the table of `pipeline.evaluation.frontier`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
 
+import pandas as pd
 from matplotlib.figure import Figure
 
-from pipeline.figures import DPI, write_png
-from pipeline.frontier import WHOLE_FLOOR_DB, frontier_table
+from pipeline.figures.error_maps import DPI, write_png
 
 STYLE = {"oracle": ("o", "#1f77b4", "oracle (ground-truth boxes as the map)"),
          "weighted": ("s", "#d62728", "Grad-CAM (MRNet maps)")}
 
 
-def write_figure(rows: Sequence[Mapping[str, Any]], chosen: Optional[str], path: Path | str,
-                 default: str = "default") -> None:
+def write_frontier(t: pd.DataFrame, floor_db: float, path: Path | str, default: str = "default") -> None:
     """x: whole-image PSNR change, y: in-box PSNR change (dB, against the baseline of the same
-    capacity and loss, val), both with interval bars; one labelled marker per setting and variant;
-    the committed default ringed, the rule's choice starred; the rule's floor as a dotted line."""
-    t = frontier_table(rows, chosen)
+    capacity and loss, val), both with interval bars; one labelled marker per setting and variant
+    (rows of `t`: setting, variant, chosen, in_box[_low|_high], whole[_low|_high]); the committed
+    default ringed, the rule's choice starred; the rule's floor `floor_db` as a dotted line."""
     fig = Figure(figsize=(9.5, 7.0), dpi=DPI)
     ax = fig.add_subplot()
     ax.axhline(0, color="0.3", lw=0.8)
     ax.axvline(0, color="0.3", lw=0.8)
-    ax.axvline(WHOLE_FLOOR_DB, color="0.5", lw=0.8, ls=":",
-               label=f"rule: oracle's whole-image interval must reach {WHOLE_FLOOR_DB} dB")
+    ax.axvline(floor_db, color="0.5", lw=0.8, ls=":",
+               label=f"rule: oracle's whole-image interval must reach {floor_db} dB")
     for variant, (marker, color, label) in STYLE.items():
         d = t[t["variant"] == variant]
         ax.errorbar(d["whole"], d["in_box"], xerr=[d["whole"] - d["whole_low"], d["whole_high"] - d["whole"]],

@@ -32,7 +32,7 @@ from numcodecs.zstd import Zstd
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from pipeline.errors import InputError, first_line
-from pipeline.tmp_sweep import Claim, sweep
+from pipeline.stores.tmp_sweep import Claim, sweep
 
 SPLITS = ("train", "val", "test")
 

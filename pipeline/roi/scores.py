@@ -19,7 +19,7 @@ Every number comes with a 95% cluster-bootstrap interval over volumes (`ratio_bo
 slices of one volume are not independent, so volumes are resampled and the slice-pooled ratio
 recomputed.
 
-Boxes are `(row0, col0, height, width)` in the crop frame (see `pipeline.boxes`).
+Boxes are `(row0, col0, height, width)` in the crop frame (see `pipeline.roi.boxes`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
-from pipeline.boxes import Box, box_mask
+from pipeline.roi.boxes import Box, box_mask
 from pipeline.stats import ratio_bootstrap_interval
 
 TOLERANCE_320 = 15.0     # pointing-game tolerance in pixels of fastMRI+'s 320 x 320 frame
