@@ -27,7 +27,7 @@ from pipeline.io.fastmri import FastMRIFile, VolumeInfo, list_split
 from pipeline.kspace import Workspace, ZeroFilled, check_crop, instance_stats, mask_function, volume_mask
 from pipeline.parallel import forks, ordered_map
 from pipeline.stores.zarr_store import (DIGEST, SPLITS, ShardedWriter, atomic_path, checksum_codecs, finish_store,
-                                        shard_slices)
+                                        shard_slices, write_rows)
 
 Progress = Optional[Callable[[int], None]]
 
@@ -166,9 +166,11 @@ def _shared_slots(count: int, rows: int, big: dict[str, tuple[tuple[int, ...], o
         dtype = np.dtype(dtype)
         _SLOT_LAYOUT[name] = (offset, tuple(row_shape), dtype)
         offset += rows * int(np.prod(row_shape)) * dtype.itemsize
-    mm = mmap.mmap(-1, max(1, count * offset))          # anonymous and shared: forked workers see it
+    # Anonymous and shared: forked workers see it. Not touched here: a worker faults its slot's pages
+    # in as it fills them, in parallel, instead of this process zeroing a few shards (tens of MB, tens
+    # of ms) before any worker starts; every slot is in use once a split has as many shards as slots.
+    mm = mmap.mmap(-1, max(1, count * offset))
     base = np.frombuffer(mm, np.uint8)
-    base[:] = 0     # resident from the start (a few shards): the stage's memory does not rise as slots fill
     _SLOTS[:] = [base[i * offset:(i + 1) * offset] for i in range(count)]
     try:
         yield
@@ -202,7 +204,7 @@ def _rows_job(args: tuple) -> dict[str, np.ndarray]:
         row += b - a
     out = {k: np.concatenate([r[k] for r in rows]) if len(rows) > 1 else rows[0][k] for k in rows[0]}
     for name, v in images.items():
-        zarr.open_array(store=root, path=f"{split}/{name}", mode="r+")[first:end] = v
+        write_rows(zarr.open_array(store=root, path=f"{split}/{name}", mode="r+"), first, v)
     if slot is None:
         out.update(images)
     return out

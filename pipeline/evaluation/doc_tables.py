@@ -376,7 +376,7 @@ def mrnet_tune_table(tune: Mapping) -> str:
 # the reference it is compared with; `_bench_latest` reads the latest number from it
 BENCHMARKS = (
     ("bench_undersample", "undersample", "`benchmarks/undersample_throughput.py`: the undersample stage's "
-     "throughput on fastMRI-sized single-coil slices (640 × 368 k-space, crop 320), store written",
+     "throughput on fastMRI-sized slices (640 × 368 k-space, crop 320), single-coil and 15 coils, store written",
      "fastMRI's `SliceDataset` + `UnetDataTransform` loop, and the bare `ifft2c`, same run and cores"),
     ("bench_unet_training", "unet_training", "`benchmarks/unet_training.py`: a U-Net training epoch "
      "streamed from the stores, and inference latency per slice",
@@ -443,8 +443,11 @@ def _bench_latest(key: str, b: Mapping) -> str:
     if not b:
         return MISSING
     if key == "bench_undersample":
+        multi = b.get("multicoil") or {}
+        multi_text = (f"; 15 coils {num(multi.get('slices_per_s', {}).get('ours'), '{:.1f}')} slices/s: "
+                      f"{num(multi.get('ratio_vs_fastmri'))}×, {num(multi.get('ratio_vs_bare_fft'))}×" if multi else "")
         return (f"{num(lookup(b, 'slices_per_s.ours'), '{:.0f}')} slices/s: {num(b.get('ratio_vs_fastmri'))}× "
-                f"fastMRI's loop, {num(b.get('ratio_vs_bare_fft'))}× the bare FFT "
+                f"fastMRI's loop, {num(b.get('ratio_vs_bare_fft'))}× the bare FFT{multi_text} "
                 f"(targets {lookup(b, 'targets.ratio_vs_fastmri', MISSING)}, {lookup(b, 'targets.ratio_vs_bare_fft', MISSING)})")
     if key == "bench_unet_training":
         return (f"{num(b.get('ratio_vs_bare'), '{:.3f}')}× the bare loop ({num(b.get('ratio_vs_bare_with_validation'), '{:.3f}')}× "
