@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -68,9 +69,18 @@ def test_the_defaults_table_says_what_params_yaml_says():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1]
             for line in _block((REPO / "README.md").read_text(), "params").splitlines() if line.startswith("| `")}
-    assert rows["`loss.roi_weight`"] == param_value(params["loss"]["roi_weight"])
+    assert rows[", ".join(f"`loss.{k}`" for k in ROI_KEYS)] == ", ".join(param_value(params["loss"][k]) for k in ROI_KEYS)
     assert rows["`gradcam.method`, `gradcam.layer`, `gradcam.smooth_sigma`"] == ", ".join(
         param_value(params["gradcam"][k]) for k in ("method", "layer", "smooth_sigma"))
+
+
+ROI_KEYS = ("roi_weight", "roi_norm", "roi_margin", "roi_soft", "background_weight")
+
+
+def _roi_defaults() -> str:
+    import yaml
+    lo = yaml.safe_load((REPO / "params.yaml").read_text())["loss"]
+    return "| " + ", ".join(param_value(lo[k]) for k in ROI_KEYS) + " |"
 
 
 def _gradcam_defaults() -> str:
@@ -88,7 +98,8 @@ def _test_auc_cell() -> str:
 
 @pytest.mark.parametrize("name,make", [
     # the three stale defaults the README once had
-    ("params", lambda: ("| `loss.roi_weight` | 4.0 |", "| `loss.roi_weight` | 2 |")),
+    ("params", lambda: (_roi_defaults(), "| 2, mean, 0, 0.0, 1.0 |" if "| 2, " not in _roi_defaults()
+                        else "| 3, mean, 0, 0.0, 1.0 |")),
     ("params", lambda: (_gradcam_defaults(), "| hirescam, features.10, 2.0 |")),
     # a result typed over the rendered one
     ("classifier", lambda: (_test_auc_cell(), _test_auc_cell().rsplit(" | ", 1)[0] + " | 0.99 |")),
@@ -114,7 +125,7 @@ def test_a_planted_stale_number_is_named(tmp_path, capsys, name, make):
 def test_a_changed_default_or_report_makes_its_table_stale(tmp_path):
     root = _copy_repo(tmp_path)
     params = root / "params.yaml"
-    params.write_text(params.read_text().replace("roi_weight: 4.0", "roi_weight: 8.0", 1))
+    params.write_text(re.sub(r"roi_weight: [0-9.]+", "roi_weight: 9.5", params.read_text(), count=1))
     mrnet = json.loads((root / "reports/mrnet_detail.json").read_text())
     mrnet["test"]["auc"] = 0.987
     (root / "reports/mrnet_detail.json").write_text(json.dumps(mrnet))
@@ -122,7 +133,7 @@ def test_a_changed_default_or_report_makes_its_table_stale(tmp_path):
     assert sorted(p.split("generated:")[1].split()[0] for p in problems) == ["classifier", "params"]
     render_docs.write(root)
     readme = (root / _page("params")).read_text()
-    assert "| `loss.roi_weight` | 8.0 |" in readme
+    assert "| 9.5, " in _block(readme, "params")
     assert "| 0.99 |" in _block((root / _page("classifier")).read_text(), "classifier")
 
 
@@ -179,11 +190,12 @@ def test_full_reports_render_every_number_with_its_interval():
 
 def test_markers():
     text = "a\n  <!-- generated:params -->\n  old\n  <!-- /generated:params -->\nb\n"
-    out = fill(text, {"params": {"loss": {"roi_weight": 4.0}}})
+    mask = {"params": {"mask": {"type": "random", "acceleration": 4, "center_fraction": 0.08}}}
+    out = fill(text, mask)
     assert out.startswith("a\n  <!-- generated:params -->\n\n  | key |")     # indented as the marker is
     assert out.endswith("\n\n  <!-- /generated:params -->\nb\n")
-    assert "| `loss.roi_weight` | 4.0 |" in out and stale(out, {"params": {"loss": {"roi_weight": 4.0}}}) == []
-    assert fill(out, {"params": {"loss": {"roi_weight": 4.0}}}) == out
+    assert "| random, 4, 0.08 |" in out and stale(out, mask) == []
+    assert fill(out, mask) == out
     with pytest.raises(ValueError, match="line 2: generated:params is not closed"):
         blocks_in("a\n<!-- generated:params -->\nb\n")
     with pytest.raises(ValueError, match="closes no open block"):

@@ -417,17 +417,15 @@ def _overrides(o: Mapping) -> str:
 def frontier_table(bench: Mapping) -> str:
     """The ROI weighting's settings on val (benchmarks/roi_frontier.py): oracle and Grad-CAM in-box and
     whole-image PSNR change against the baseline of the same capacity and loss; the rule's choice in bold."""
-    rows_in = bench.get("settings") or []
-    if not rows_in:
-        return MISSING
+    rows_in = bench.get("settings") or [{}]
     chosen = bench.get("chosen")
     rows = []
     for r in rows_in:
-        cells = [r.get("name", MISSING), _overrides(r.get("overrides") or {}),
+        cells = [r.get("name", MISSING), _overrides(r.get("overrides") or {}) if r else MISSING,
                  _frontier_cell(lookup(r, "oracle.roi_psnr")), _frontier_cell(lookup(r, "oracle.psnr")),
                  _frontier_cell(lookup(r, "weighted.roi_psnr")), _frontier_cell(lookup(r, "weighted.psnr")),
                  num(r.get("seconds_per_training"), "{:.0f}")]
-        rows.append([f"**{c}**" for c in cells] if r.get("name") == chosen else cells)
+        rows.append([f"**{c}**" for c in cells] if chosen and r.get("name") == chosen else cells)
     first = rows_in[0]
     caption = (f"val split, {lookup(first, 'oracle.roi_psnr.n_volumes', MISSING)} volumes with boxes, seeds "
                f"{', '.join(str(s) for s in bench.get('seeds') or [])}; each cell: mean change (dB) against the "
