@@ -1,3 +1,4 @@
 """Evaluation and what it reports: the U-Nets on a split (`evaluate`), the Grad-CAM stage's scores and
 overlays (`gradcam_report`), the figures evaluate writes (`report_figures`), report JSON files
-(`reports`) and the Markdown tables of the docs (`doc_tables`)."""
+(`reports`), the Markdown tables of the docs (`doc_tables`), and the ROI weighting's frontier on val
+with the rule that picks the default (`frontier`)."""
