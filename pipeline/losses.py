@@ -58,11 +58,6 @@ class RoiWeighting:
         return w / w.mean(dim=(-2, -1), keepdim=True) if self.norm == "mean" else w
 
 
-def roi_weights(heatmap: torch.Tensor, roi_weight: float) -> torch.Tensor:
-    """w = 1 + roi_weight * heatmap, normalised to mean 1 over the last two axes."""
-    return RoiWeighting(roi_weight).weights(heatmap)
-
-
 def grow(h: torch.Tensor, margin: int) -> torch.Tensor:
     """The map grown by `margin` pixels: a (2 margin + 1)^2 maximum filter."""
     if margin == 0:

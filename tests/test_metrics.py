@@ -13,7 +13,7 @@ from fastmri.losses import SSIMLoss
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pipeline.errors import BadValue
-from pipeline.losses import ReconLoss, RoiWeighting, roi_weights, ssim_map
+from pipeline.losses import ReconLoss, RoiWeighting, ssim_map
 from pipeline.metrics import ALL, mean_over_volumes, ssim_valid, volume_metrics, volume_slices
 
 
@@ -99,11 +99,11 @@ def test_shape_mismatch_is_an_error():
 def test_roi_weights_have_mean_one_and_follow_the_heatmap():
     h = torch.zeros(2, 1, 16, 16)
     h[0, 0, 4:8, 4:8] = 1.0
-    w = roi_weights(h, 4.0)
+    w = RoiWeighting(4.0).weights(h)
     assert torch.allclose(w.mean(dim=(-2, -1)), torch.ones(2, 1))
     assert w[0, 0, 5, 5] / w[0, 0, 0, 0] == pytest.approx(5.0)
     assert torch.allclose(w[1], torch.ones(1, 16, 16))  # empty heatmap: plain loss
-    assert torch.allclose(roi_weights(h, 0.0), torch.ones_like(h))
+    assert torch.allclose(RoiWeighting(0.0).weights(h), torch.ones_like(h))
 
 
 def test_roi_margin_and_soft_edges_match_scipy_filters():
@@ -118,7 +118,8 @@ def test_roi_margin_and_soft_edges_match_scipy_filters():
     soft = RoiWeighting(4.0, norm="none", soft=1.5).weights(h)
     ref = ndimage.gaussian_filter(h.numpy(), sigma=(0, 0, 1.5, 1.5), mode="constant", truncate=3.0)
     assert np.allclose(soft.numpy(), 1 + 4 * ref, atol=1e-5)
-    assert torch.equal(RoiWeighting(4.0).weights(h), roi_weights(h, 4.0))   # defaults: today's weights
+    before = 1.0 + 4.0 * h                                  # the weights before the knobs, bit for bit
+    assert torch.equal(RoiWeighting(4.0).weights(h), before / before.mean(dim=(-2, -1), keepdim=True))
 
 
 def test_pure_up_weighting_and_background_down_weighting():
@@ -150,7 +151,7 @@ def test_weighted_loss_scale_does_not_depend_on_the_weights():
     for kind in ("mse", "l1"):
         loss = ReconLoss(kind, 0.0)
         plain = loss(pred, target)
-        assert float(loss(pred, target, roi_weights(heat, 10.0))) == pytest.approx(float(plain), rel=1e-5)
+        assert float(loss(pred, target, RoiWeighting(10.0).weights(heat))) == pytest.approx(float(plain), rel=1e-5)
     pred = target + torch.randn_like(target)
     assert float(ReconLoss("mse", 0.0)(pred, target)) == pytest.approx(float(F.mse_loss(pred, target)), rel=1e-6)
     assert float(ReconLoss("l1", 0.0)(pred, target)) == pytest.approx(float(F.l1_loss(pred, target)), rel=1e-6)
@@ -159,7 +160,7 @@ def test_weighted_loss_scale_does_not_depend_on_the_weights():
     err_in[..., 2:6, 2:6] += 1.0
     h = torch.zeros_like(target)
     h[..., 2:6, 2:6] = 1.0
-    assert float(ReconLoss("mse", 0.0)(err_in, target, roi_weights(h, 4.0))) > float(ReconLoss("mse", 0.0)(err_in, target))
+    assert float(ReconLoss("mse", 0.0)(err_in, target, RoiWeighting(4.0).weights(h))) > float(ReconLoss("mse", 0.0)(err_in, target))
 
 
 def test_ssim_term_matches_fastmri_ssimloss():

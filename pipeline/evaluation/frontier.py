@@ -8,6 +8,7 @@ cheapest of them (training seconds per run) wins.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -37,7 +38,6 @@ def evaluate_checkpoints(variant: str, paths: Sequence[Path], data: Path, params
                          ) -> list[dict[str, Any]]:
     """Per-volume val rows of one variant's checkpoints (one per seed, `<variant>_s<seed>.pt`), cached
     in `cache` by the checkpoints' bytes."""
-    import hashlib
     h = hashlib.blake2b(digest_size=8)
     for p in paths:
         h.update(Path(p).read_bytes())
