@@ -75,17 +75,28 @@ class Sweep:
     base: dict
     jobs: list[Job] = field(default_factory=list)
 
+    def maps(self, variant: str) -> Path | None:
+        return {"baseline": None, "weighted": self.data / "heatmaps.zarr", "oracle": self.data / "boxmaps.zarr"}[variant]
+
+    def data_key(self, variant: str) -> str:
+        """Content digest of the stores the variant trains on (recorded digests, no data read): a
+        checkpoint trained on other data (new maps, a new split) is never reused."""
+        from pipeline.stores.unet_data import SliceStores
+        return SliceStores(self.data / "slices.zarr", self.data / "undersampled.zarr", self.maps(variant),
+                           "train").fingerprint()
+
     def params_for(self, setting: Setting, variant: str) -> tuple[Path, str]:
-        """The params file of one (setting, variant) and its key: the baseline ignores the ROI keys,
-        so settings that differ only there share its checkpoints."""
+        """The params file of one (setting, variant) and its checkpoints' key (the params and the
+        data): the baseline ignores the ROI keys, so settings that differ only there share its
+        checkpoints."""
         p = json.loads(json.dumps(self.base))
         for key, value in setting.overrides.items():
             section, name = key.split(".")
             if variant != "baseline" or section != "loss" or name in ("kind", "ssim_weight"):
                 p[section][name] = value
         text = yaml.safe_dump(p, sort_keys=True)
-        key = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
-        path = self.work / "params" / f"{key}.yaml"
+        path = self.work / "params" / f"{hashlib.blake2b(text.encode(), digest_size=6).hexdigest()}.yaml"
+        key = hashlib.blake2b((text + self.data_key(variant)).encode(), digest_size=6).hexdigest()
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             path.write_text(text)
@@ -97,7 +108,6 @@ class Sweep:
 
     def plan(self, settings: list[Setting], seeds: list[int]) -> dict[str, dict[str, list[Path]]]:
         """{setting: {variant: [checkpoint per seed]}}; a job for each checkpoint not trained yet."""
-        maps = {"baseline": None, "weighted": self.data / "heatmaps.zarr", "oracle": self.data / "boxmaps.zarr"}
         plan = {s.name: {v: self.checkpoints(s, v, seeds) for v in VARIANTS} for s in settings}
         queued: set[Path] = set()
         for setting in settings:
@@ -106,7 +116,7 @@ class Sweep:
                 for seed, out in zip(seeds, plan[setting.name][variant]):
                     if not out.exists() and out not in queued:
                         queued.add(out)
-                        self.jobs.append(Job(setting.name, variant, seed, params, out, maps[variant],
+                        self.jobs.append(Job(setting.name, variant, seed, params, out, self.maps(variant),
                                              out.with_suffix(".log")))
         return plan
 

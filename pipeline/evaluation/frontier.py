@@ -37,14 +37,14 @@ class Setting:
 def evaluate_checkpoints(variant: str, paths: Sequence[Path], data: Path, params: dict, cache: Path
                          ) -> list[dict[str, Any]]:
     """Per-volume val rows of one variant's checkpoints (one per seed, `<variant>_s<seed>.pt`), cached
-    in `cache` by the checkpoints' bytes."""
-    h = hashlib.blake2b(digest_size=8)
+    in `cache` by the checkpoints' bytes and the val stores' content digests."""
+    stores = SliceStores(data / "slices.zarr", data / "undersampled.zarr", data / "heatmaps.zarr", "val", raw=True)
+    h = hashlib.blake2b(stores.fingerprint().encode(), digest_size=8)
     for p in paths:
         h.update(Path(p).read_bytes())
     cached = cache / f"{variant}-{h.hexdigest()}.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    stores = SliceStores(data / "slices.zarr", data / "undersampled.zarr", data / "heatmaps.zarr", "val", raw=True)
     d = params["data"]
     boxes = annotation_boxes(d["annotations"], data / "slices.zarr", "val", stores.crop, d["annotation_frame"],
                              "data.annotation_frame")
