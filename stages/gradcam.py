@@ -11,6 +11,9 @@ from pipeline.stores.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, named, stage
 
 SCORED_SPLIT = "test"
+# MRNet's call on a volume: P(abnormal) >= the threshold chosen on its tune hold-out (model config),
+# this one for a model file that records none
+DEFAULT_THRESHOLD = 0.5
 # the intervals of the localisation scores: fixed, not params (the same maps always give the same numbers)
 BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 10000, 0
 
@@ -36,13 +39,14 @@ def gradcam_cmd(
     reports/gradcam.json (tracked, quality only: pointing game at 0 and 15 px and energy in box on
     the annotated test slices, the location prior's pointing game at 15 px),
     reports/gradcam_detail.json (every score with its 95% bootstrap interval over volumes, overall,
-    per label and for the location prior; chance levels, counts and settings), reports/gradcam/*.png.
+    per label and for the location prior, and split by MRNet's call on each volume at its tune
+    threshold; chance levels, counts and settings), reports/gradcam/*.png.
 
     Params: gradcam.*, data.annotations, data.annotation_frame."""
     owns(out, metrics, detail, overlays)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.roi.boxes import check_boxes, split_boxes
-    from pipeline.roi.gradcam import GradCAMSpec, check_layer, source_mismatch, write_heatmaps
+    from pipeline.roi.gradcam import GradCAMSpec, check_layer, source_mismatch, volume_calls, write_heatmaps
     from pipeline.evaluation.gradcam_report import score_heatmaps, slices_shapes
     from pipeline.models.mrnet import load_mrnet
     from pipeline.evaluation.reports import write_json
@@ -77,12 +81,16 @@ def gradcam_cmd(
         with bar(sum(n for n, _ in shapes.values()), "gradcam") as update:
             counts = write_heatmaps(tmp_out, slices, net, config, spec, progress=update,
                                     attrs={"model": str(model), "annotations": str(ann)})
+        # the maps can only find what the classifier sees: scored apart on the volumes it calls abnormal
+        threshold = float(config.get("threshold", DEFAULT_THRESHOLD))
+        called = {v: prob >= threshold for v, prob in volume_calls(net, config, slices, SCORED_SPLIT).items()}
         scores = score_heatmaps(tmp_out, slices, SCORED_SPLIT, boxes, g.n_overlays, tmp_fig, tolerances,
                                 method=spec.method, n_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED,
-                                prior=prior)
+                                prior=prior, called=called)
+        calls = {"threshold": threshold, "n_volumes_called_abnormal": sum(called.values()), "n_volumes": len(called)}
         about = {"method": spec.method, "layer": spec.layer, "smooth_sigma": spec.smooth_sigma,
                  "annotations": str(ann) if ann else None}
-        write_json(detail, {"split": SCORED_SPLIT, **about, "slices": counts, **scores, "bootstrap": {
+        write_json(detail, {"split": SCORED_SPLIT, **about, "slices": counts, "calls": calls, **scores, "bootstrap": {
             "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
             "method": "BCa, volumes resampled, slice-pooled ratio"}})
         write_json(metrics, {SCORED_SPLIT: tracked_metrics(scores)})   # quality only: settings, counts in detail
@@ -95,3 +103,8 @@ def gradcam_cmd(
         lp = scores["location_prior"]
         typer.echo(f"gradcam: the train boxes' location prior scores pointing game {lp['pointing_game']['mean']:.3f}, "
                    f"at 15 px {lp['pointing_game_15px']['mean']:.3f}, energy in box {lp['energy_in_box']['mean']:.3f}")
+    by_call = scores["by_call"]
+    ab, no = by_call["abnormal"], by_call["normal"]
+    typer.echo(f"gradcam: on the {ab['n_volumes']} annotated volumes MRNet calls abnormal pointing game at 15 px "
+               f"{ab['pointing_game_15px']['mean']:.3f}; on the {no['n_volumes']} it calls normal "
+               f"{no['pointing_game_15px']['mean']:.3f} (threshold {threshold:.3f})")

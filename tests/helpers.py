@@ -64,6 +64,7 @@ def full_reports() -> dict:
     import pandas as pd
 
     from pipeline.evaluation.evaluate import summarize
+    from pipeline.evaluation.gradcam_report import scores_by_call
     from pipeline.metrics import ALL
     from pipeline.evaluation.reports import clean, pick
     from pipeline.roi.scores import score_slices, slice_scores, summarise, tracked_metrics
@@ -83,6 +84,10 @@ def full_reports() -> dict:
     items = [(f"v{k}", heat, [(2, 3, 3, 3)] if k % 2 else [(9, 9, 3, 3)], ["a"], 1.0) for k in range(4)]
     scores = score_slices(items, n_resamples=200)
     scores["location_prior"] = summarise([(v, slice_scores(np.ones((16, 16)), b, t)) for v, _, b, _, t in items], 200)
+    # MRNet calls the volumes whose map hits (odd k) abnormal
+    scores["by_call"] = scores_by_call([(v, slice_scores(h, b, t)) for v, h, b, _, t in items],
+                                       {f"v{k}": k % 2 == 1 for k in range(4)}, 200)
+    calls = {"threshold": 0.42, "n_volumes_called_abnormal": 2, "n_volumes": 4}
     mrnet_detail = {"test": {"auc": 0.91, "accuracy": 0.85, "sensitivity": 0.8, "specificity": 0.9, "n": 120,
                              "n_positive": 60, "threshold": 0.42}, "best_epoch": 7, "tune_auc": 0.93,
                     "n_train": 1800, "n_tune": 200, "parameters": 2469953}
@@ -90,4 +95,5 @@ def full_reports() -> dict:
                   "metrics": metrics, "evaluation": evaluation,
                   "mrnet": pick(mrnet_detail, TRACKED), "mrnet_detail": mrnet_detail,
                   "gradcam": {"test": tracked_metrics(scores)},
-                  "gradcam_detail": {"split": "test", "method": "hirescam", "layer": "features.8", **scores}})
+                  "gradcam_detail": {"split": "test", "method": "hirescam", "layer": "features.8", "calls": calls,
+                                     **scores}})

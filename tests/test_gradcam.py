@@ -11,9 +11,11 @@ import torch
 import zarr
 
 from pipeline.errors import BadValue
+from pipeline.evaluation.gradcam_report import score_heatmaps, scores_by_call
+from pipeline.evaluation.reports import write_json
 from pipeline.roi.gradcam import (METHODS, GradCAMSpec, as_str, explainable, feature_geometry, slice_cams,
-                                  upsample_aligned, volume_heatmaps)
-from pipeline.models.mrnet import MRNet, prepare_volume, save_mrnet
+                                  upsample_aligned, volume_calls, volume_heatmaps)
+from pipeline.models.mrnet import MRNet, exam_logit, prepare_volume, save_mrnet
 from pipeline.roi.boxes import crop_boxes, slice_boxes, split_boxes, without_labels
 from pipeline.roi.scores import (location_prior, slice_scores, near_boxes, pointing_hit, score_slices, tolerance_px,
                                  tracked_scores)
@@ -399,6 +401,38 @@ def test_gradcam_stage_writes_aligned_store_scores_and_overlays(tiny_data, model
     assert len(pngs) == min(3, len(annotated)) and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert {p.name for p in pngs} <= {f"{Path(v).stem}_s{k:03d}.png" for v, k in annotated}
     assert not list(tmp_path.glob(".tmp-*"))
+    # split by MRNet's call: the hand-set model records no threshold (0.5), and its logit is a pooled
+    # ReLU output (>= 0), so it calls every test volume abnormal and the normal group is empty (null scores)
+    assert detail["calls"] == {"threshold": 0.5, "n_volumes_called_abnormal": 2, "n_volumes": 2}
+    ab, no = detail["by_call"]["abnormal"], detail["by_call"]["normal"]
+    assert ab["n_slices"] + no["n_slices"] == o["n_slices"] and ab["n_volumes"] + no["n_volumes"] == o["n_volumes"]
+    assert ab["pointing_game_15px"] == o["pointing_game_15px"] and ab["energy_in_box"] == o["energy_in_box"]
+    assert no["n_slices"] == 0 and no["pointing_game_15px"]["mean"] is None
+    assert "on the 2 annotated volumes MRNet calls abnormal pointing game at 15 px" in res.output
+
+
+def test_gradcam_stage_calls_volumes_at_the_models_threshold(tiny_data, tmp_path):
+    """The threshold comes from the model config (MRNet's tune choice): set between the two test
+    volumes' probabilities, it calls one abnormal, and that volume's annotated slices (and only they)
+    are scored in the abnormal group."""
+    model, config = bright_spot_mrnet(threshold=60.0)
+    with torch.no_grad():
+        model.classifier.weight.mul_(0.01)           # logits of order 1: probabilities not saturated at 1
+    probs = volume_calls(model, config, tiny_data / "slices.zarr", "test")
+    (low, lo), (high, hi) = sorted(probs.items(), key=lambda kv: kv[1])
+    assert 0.5 < lo < hi - 0.01 < 1.0
+    threshold = (lo + hi) / 2
+    save_mrnet(tmp_path / "mrnet.pt", model, {**config, "threshold": threshold})
+    res = _gradcam(tiny_data, tmp_path / "mrnet.pt", tmp_path)
+    assert res.exit_code == 0, res.output
+    detail = json.loads((tmp_path / "gradcam_detail.json").read_text())
+    assert detail["calls"] == {"threshold": pytest.approx(threshold), "n_volumes_called_abnormal": 1, "n_volumes": 2}
+    ann = pd.read_csv(tiny_data / "synthetic/annotations.csv")
+    n_annotated = {v: len({int(r.slice) for r in ann.itertuples() if f"{r.file}.h5" == v}) for v in (low, high)}
+    ab, no = detail["by_call"]["abnormal"], detail["by_call"]["normal"]
+    assert (ab["n_volumes"], ab["n_slices"]) == (1, n_annotated[high])
+    assert (no["n_volumes"], no["n_slices"]) == (1, n_annotated[low])
+    assert "on the 1 annotated volumes MRNet calls abnormal" in res.output
 
 
 def _outputs(d: Path):
@@ -508,6 +542,76 @@ def test_gradcam_methods_benchmark_on_val(tiny_data, model_file, tmp_path, capsy
         assert got[q]["mean"] == pytest.approx(expected[q]["mean"])
     table = capsys.readouterr().out
     assert table.count("\n| ") == len(METHODS) * 2 + 1 and "| HiResCAM | `features.6` |" in table
+
+
+def _store(path: Path, kind_rows: dict[str, np.ndarray], names: list[str]) -> Path:
+    """A finished one-split ('test') store at `path`: `volume` (`names`), `slice` (0.. per volume) and
+    the image arrays of `kind_rows` ({name: (N, C, C)})."""
+    root = zarr.open_group(str(path), mode="w")
+    g = root.create_group("test")
+    g.create_array("volume", shape=(len(names),), dtype=str, fill_value="")
+    g["volume"][:] = np.array(names)
+    every_chunk = {"write_empty_chunks": True}      # a slice index of 0 is an all-zero chunk
+    g.create_array("slice", data=np.array([names[:i].count(v) for i, v in enumerate(names)], np.int32),
+                   config=every_chunk)
+    for name, rows in kind_rows.items():
+        g.create_array(name, data=np.asarray(rows, np.float32), config=every_chunk)
+    finish_store(root)
+    return path
+
+
+def test_scores_split_by_the_classifiers_call(tmp_path):
+    """Two volumes, one slice each with the same box: the map of `a` peaks in it, that of `b` far
+    away. Called {a: abnormal, b: normal}, the abnormal group scores 1 and the normal one 0."""
+    heat = np.zeros((2, 16, 16), np.float32)
+    heat[0, 3, 3] = 1.0                           # inside the box (rows and cols 2..5)
+    heat[1, 14, 14] = 1.0                         # 12 px away
+    names = ["a.h5", "b.h5"]
+    slices = _store(tmp_path / "slices.zarr", {"target": np.ones((2, 16, 16))}, names)
+    heatmaps = _store(tmp_path / "heatmaps.zarr", {"heatmap": heat}, names)
+    boxes = {(v, 0): [((2, 2, 4, 4), "Meniscus Tear")] for v in names}
+    tolerances = {v: 1.0 for v in names}
+
+    def score(called, out):
+        return score_heatmaps(heatmaps, slices, "test", boxes, 0, tmp_path / out, tolerances,
+                              n_resamples=200, called=called)
+
+    scores = score({"a.h5": True, "b.h5": False}, "ov1")
+    assert scores["overall"]["pointing_game_15px"]["mean"] == 0.5
+    ab, no = scores["by_call"]["abnormal"], scores["by_call"]["normal"]
+    assert (ab["n_volumes"], ab["n_slices"], no["n_volumes"], no["n_slices"]) == (1, 1, 1, 1)
+    for q in ("pointing_game", "pointing_game_15px", "energy_in_box"):
+        assert ab[q]["mean"] == 1.0 and no[q]["mean"] == 0.0, q
+    assert ab["chance"]["mean"] == no["chance"]["mean"] == pytest.approx(16 / 256)
+    flipped = score({"a.h5": False, "b.h5": True}, "ov2")["by_call"]
+    assert flipped["abnormal"]["pointing_game"]["mean"] == 0.0 and flipped["normal"]["pointing_game"]["mean"] == 1.0
+    assert "by_call" not in score(None, "ov3")
+    # every volume called abnormal: the normal group is empty, NaN scores that the JSON writes as null
+    everything = score({"a.h5": True, "b.h5": True}, "ov4")["by_call"]
+    assert everything["abnormal"]["n_slices"] == 2 and everything["abnormal"]["pointing_game"]["mean"] == 0.5
+    write_json(tmp_path / "detail.json", {"by_call": everything})
+    normal = json.loads((tmp_path / "detail.json").read_text())["by_call"]["normal"]
+    assert normal["n_slices"] == normal["n_volumes"] == 0
+    assert normal["pointing_game_15px"] == {"mean": None, "ci95_low": None, "ci95_high": None}
+    with pytest.raises(KeyError):                  # a scored volume the calls do not cover is a bug, not "normal"
+        scores_by_call([("c.h5", {})], {"a.h5": True})
+
+
+def test_volume_calls_are_the_classifiers_probabilities(tmp_path):
+    """Per volume of the split, sigmoid of the exam logit: a volume with a bright spot is called
+    abnormal, a blank one gets the bias alone (the hand-set detector's pooled channel is 0 there)."""
+    model, config = bright_spot_mrnet()
+    with torch.no_grad():
+        model.classifier.bias.fill_(-2.0)
+        model.classifier.weight.mul_(0.1)
+    blank, spot = phantom_volume({}, slices=3), phantom_volume({1: (40, 50, 180.0)}, slices=3)
+    names = ["blank.h5"] * 3 + ["spot.h5"] * 3 + ["blank2.h5"] * 3
+    path = _store(tmp_path / "slices.zarr", {"target": np.concatenate([blank, spot, blank])}, names)
+    calls = volume_calls(model, config, path, "test")
+    assert list(calls) == ["blank.h5", "spot.h5", "blank2.h5"]
+    assert calls["blank.h5"] == calls["blank2.h5"] == pytest.approx(1 / (1 + np.exp(2.0)))
+    assert calls["spot.h5"] > 0.5
+    assert calls["spot.h5"] == pytest.approx(1 / (1 + np.exp(-exam_logit(model, spot, config))))
 
 
 def test_overlay_marks_the_peak_and_the_tolerance(tmp_path):

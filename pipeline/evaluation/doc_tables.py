@@ -300,7 +300,9 @@ def gradcam_methods_table(bench: Mapping, params: Mapping) -> str:
 
 def localisation_table(gradcam: Mapping, gradcam_detail: Mapping) -> str:
     """The committed maps on the annotated test slices against the location prior of the training
-    boxes and chance (gradcam's detail; the tracked means where it is missing)."""
+    boxes and chance (gradcam's detail; the tracked means where it is missing). Where the detail
+    splits the maps' scores by MRNet's call on each volume (`by_call`), the volumes it calls
+    abnormal and those it calls normal get a row each after the maps' row."""
     d = gradcam_detail
     overall, prior = d.get("overall", {}), d.get("location_prior", {})
     tracked = lookup(gradcam, "test", {})
@@ -310,11 +312,24 @@ def localisation_table(gradcam: Mapping, gradcam_detail: Mapping) -> str:
         return [summary_cell(scores[k], fmt) if isinstance(scores.get(k), Mapping) else num(fallback.get(k), fmt)
                 for k, fmt in keys]
 
+    def counted(label: str, scores: Mapping) -> str:
+        return (f"{label} ({num(scores.get('n_volumes'), '{:d}')} volumes, "
+                f"{num(scores.get('n_slices'), '{:d}')} slices)")
+
     maps = f"MRNet {_method_name(d.get('method'))}, `{d.get('layer', MISSING)}`" if d.get("method") else "MRNet maps"
-    rows = [(maps, *cells(overall, tracked)),
+    by_call = d.get("by_call") if isinstance(d.get("by_call"), Mapping) else {}
+    groups = (("abnormal", "MRNet maps, volumes MRNet calls abnormal"),
+              ("normal", "MRNet maps, volumes it calls normal"))
+    split_rows = [(counted(label, by_call.get(group) or {}), *cells(by_call.get(group) or {}, {}))
+                  for group, label in (groups if by_call else ())]
+    rows = [(maps, *cells(overall, tracked)), *split_rows,
             ("location prior (mean box mask of the training slices)", *cells(prior, tracked.get("location_prior", {}))),
             ("chance", *cells(overall, {}, chance=True))]
-    return _scores_caption(overall, d.get("split")) + "\n\n" + table(("map", *(h for _, h, _ in LOCALISATION)), rows)
+    caption = _scores_caption(overall, d.get("split"))
+    if by_call:
+        caption += (f" MRNet calls a volume abnormal at P(abnormal) ≥ {num(lookup(d, 'calls.threshold'), '{:.3f}')}"
+                    f" (its threshold, chosen on its tune hold-out).")
+    return caption + "\n\n" + table(("map", *(h for _, h, _ in LOCALISATION)), rows)
 
 
 def classifier_table(mrnet: Mapping, mrnet_detail: Mapping) -> str:

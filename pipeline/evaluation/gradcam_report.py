@@ -1,11 +1,13 @@
 """How well the Grad-CAM heatmaps find the lesions: scores on the annotated slices of one split
 (pointing game at tolerance 0 and 15 px of the 320 frame, energy in box, chance levels, overall and
 per label, with cluster-bootstrap intervals over volumes: `pipeline.roi.scores.score_slices`) and
-overlay PNGs of a few of those slices, picked evenly (`pipeline.figures.overlays`)."""
+overlay PNGs of a few of those slices, picked evenly (`pipeline.figures.overlays`). Given which
+volumes the classifier calls abnormal, the same scores on those volumes and on the others: a map
+can only point at a lesion the classifier sees."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -22,15 +24,28 @@ def slices_shapes(slices_path: Path | str) -> dict[str, tuple[int, int]]:
     return {s: check_slices_split(split_group(store, s, slices_path), slices_path, s) for s in SPLITS}
 
 
+def scores_by_call(rows: Sequence[tuple[str, dict[str, float]]], called: Mapping[str, bool],
+                   n_resamples: int = 10000, seed: int = 0) -> dict:
+    """(volume, slice_scores) rows split by the classifier's call on their volume (`called`:
+    {volume: called abnormal}, every volume of `rows` in it): {"abnormal": summarise(...),
+    "normal": summarise(...)}. A group without rows has n_slices 0 and NaN scores (null in the
+    JSON, `pipeline.evaluation.reports.write_json`)."""
+    return {group: summarise([(v, s) for v, s in rows if bool(called[v]) == abnormal], n_resamples, seed)
+            for group, abnormal in (("abnormal", True), ("normal", False))}
+
+
 def score_heatmaps(heatmaps_path: Path | str, slices_path: Path | str, split: str,
                    boxes: dict[tuple[str, int], list], n_overlays: int, overlays_dir: Path | str,
                    tolerances: Mapping[str, float], method: str = "gradcam", n_resamples: int = 10000,
-                   seed: int = 0, prior: np.ndarray | None = None) -> dict:
+                   seed: int = 0, prior: np.ndarray | None = None,
+                   called: Mapping[str, bool] | None = None) -> dict:
     """Scores of the split's heatmaps on its slices with boxes (`boxes` as `split_boxes` gives them;
     `tolerances`: {volume: pointing-game tolerance in px}, `pipeline.roi.scores.frame_tolerances`),
     and `n_overlays` of those slices drawn into `overlays_dir` (created, empty when there are none)
     as `<volume stem>_s<slice>.png`. With a `prior` map (`pipeline.roi.scores.location_prior`),
-    `location_prior` holds the same overall scores for that one map on every slice."""
+    `location_prior` holds the same overall scores for that one map on every slice. With `called`
+    ({volume: the classifier calls it abnormal}, every scored volume in it), `by_call` holds the
+    overall scores on the volumes called abnormal and on the others (`scores_by_call`)."""
     heat = zarr.open_group(str(heatmaps_path), mode="r")[split]
     rows = annotated_slices(heat, boxes)
     maps = heat["heatmap"]
@@ -39,6 +54,9 @@ def score_heatmaps(heatmaps_path: Path | str, slices_path: Path | str, split: st
     if prior is not None:
         scores["location_prior"] = summarise([(name, slice_scores(prior, b, tolerances[name]))
                                               for _, name, _, b, _ in rows], n_resamples, seed)
+    if called is not None:
+        scores["by_call"] = scores_by_call([(name, slice_scores(maps[r], b, tolerances[name]))
+                                            for r, name, _, b, _ in rows], called, n_resamples, seed)
     targets = open_store(slices_path, kind="slices")[split]["target"]
     overlays_dir = Path(overlays_dir)
     overlays_dir.mkdir(parents=True)

@@ -41,7 +41,7 @@ import zarr
 from scipy.ndimage import gaussian_filter
 
 from pipeline.errors import BadValue, InputError
-from pipeline.models.mrnet import ExamBatchNorm2d, MRNet, exam_input
+from pipeline.models.mrnet import ExamBatchNorm2d, MRNet, exam_input, exam_logit
 from pipeline.stores.zarr_store import SPLITS, ShardedWriter, as_str, finish_store, open_store, read_rows, split_group
 
 Progress = Optional[Callable[[int], None]]
@@ -237,6 +237,20 @@ def write_heatmaps(path: Path | str, slices_path: Path | str, model: MRNet, conf
         counts[split] = n
     finish_store(root)
     return counts
+
+
+def volume_calls(model: MRNet, config: dict, slices_path: Path | str, split: str) -> dict[str, float]:
+    """{volume: MRNet's probability of "abnormal"} for each volume of one split of the slices store:
+    the sigmoid of its exam logit (`exam_logit`) on the volume's fully sampled targets, prepared as
+    the classifier's exams, as `write_heatmaps` reads them. `model` as `load_mrnet` gives it (eval
+    mode, not `explainable`). What the classifier says of the volumes whose maps are scored."""
+    group = split_group(open_store(slices_path, kind="slices"), split, slices_path)
+    names = read_rows(group["volume"])
+    calls = {}
+    for name, a, b in volume_runs(names, slices_path, split):
+        target = np.asarray(read_rows(group["target"], a, b), dtype=np.float32)
+        calls[name] = float(torch.sigmoid(torch.tensor(exam_logit(model, target, config), dtype=torch.float64)))
+    return calls
 
 
 def annotated_slices(group: zarr.Group, boxes: dict[tuple[str, int], list]) -> list[tuple[int, str, int, list, list]]:
