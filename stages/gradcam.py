@@ -11,9 +11,6 @@ from pipeline.stores.tmp_sweep import owns
 from stages.app import PARAMS_OPTION, app, named, stage
 
 SCORED_SPLIT = "test"
-# MRNet's call on a volume: P(abnormal) >= the threshold chosen on its tune hold-out (model config),
-# this one for a model file that records none
-DEFAULT_THRESHOLD = 0.5
 # the intervals of the localisation scores: fixed, not params (the same maps always give the same numbers)
 BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 10000, 0
 
@@ -46,7 +43,8 @@ def gradcam_cmd(
     owns(out, metrics, detail, overlays)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.roi.boxes import check_boxes, split_boxes
-    from pipeline.roi.gradcam import GradCAMSpec, check_layer, source_mismatch, volume_calls, write_heatmaps
+    from pipeline.roi.gradcam import (GradCAMSpec, call_threshold, check_layer, source_mismatch, volume_calls,
+                                      write_heatmaps)
     from pipeline.evaluation.gradcam_report import score_heatmaps, slices_shapes
     from pipeline.models.mrnet import load_mrnet
     from pipeline.evaluation.reports import write_json
@@ -82,7 +80,7 @@ def gradcam_cmd(
             counts = write_heatmaps(tmp_out, slices, net, config, spec, progress=update,
                                     attrs={"model": str(model), "annotations": str(ann)})
         # the maps can only find what the classifier sees: scored apart on the volumes it calls abnormal
-        threshold = float(config.get("threshold", DEFAULT_THRESHOLD))
+        threshold = call_threshold(config)
         called = {v: prob >= threshold for v, prob in volume_calls(net, config, slices, SCORED_SPLIT).items()}
         scores = score_heatmaps(tmp_out, slices, SCORED_SPLIT, boxes, g.n_overlays, tmp_fig, tolerances,
                                 method=spec.method, n_resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED,

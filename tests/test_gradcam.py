@@ -632,3 +632,51 @@ def test_overlay_marks_the_peak_and_the_tolerance(tmp_path):
         fg.overlay_png(tmp_path / f"t{tol}.png", img, heat, box, ["Meniscus Tear"], "t", tol=tol)
         pngs.append((tmp_path / f"t{tol}.png").read_bytes())
     assert pngs[0][:4] == b"\x89PNG" and pngs[0] != pngs[1]
+
+
+def test_occlusion_replaces_the_boxes_by_the_unboxed_slices_mean_and_the_control_moves_them():
+    """benchmarks/mrnet_evidence.occluded: the padded box takes the mean of the slices without boxes;
+    nothing else changes; the control region has the same area, away from the box."""
+    from benchmarks.mrnet_evidence import PAD, SHIFT, occluded
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(4, 64, 64)).astype(np.float32)
+    box = (20, 24, 6, 8)
+    out = occluded(vol, {1: [box]})
+    r0, c0, h, w = box[0] - PAD, box[1] - PAD, box[2] + 2 * PAD, box[3] + 2 * PAD
+    reference = vol[[0, 2, 3]].mean(axis=0)
+    np.testing.assert_array_equal(out[1, r0:r0 + h, c0:c0 + w], reference[r0:r0 + h, c0:c0 + w])
+    changed = out != vol
+    assert changed.sum() == h * w and not changed[[0, 2, 3]].any()
+    control = occluded(vol, {1: [box]}, np.random.default_rng(1))
+    moved = np.argwhere(control[1] != vol[1])
+    assert len(moved) == h * w
+    offset = moved.min(axis=0) - (r0, c0)
+    assert all(SHIFT[0] <= abs(d) <= SHIFT[1] for d in offset)
+    np.testing.assert_array_equal(control[1, r0:r0 + h, c0:c0 + w], vol[1, r0:r0 + h, c0:c0 + w])
+
+
+def test_mrnet_evidence_benchmark_splits_by_the_call(tiny_data, model_file, tmp_path, capsys):
+    """benchmarks/mrnet_evidence.py on the tiny val split: every boxed volume in one group by its
+    call, the groups' maps scored like gradcam_methods scores them, the logit changes recorded."""
+    from benchmarks.mrnet_evidence import main
+
+    out = tmp_path / "evidence.json"
+    params = write_params(tmp_path / "params.yaml", data={"annotations": str(tiny_data / "synthetic/annotations.csv")},
+                          gradcam={"layer": "features.10"})
+    assert main(["--slices", str(tiny_data / "slices.zarr"), "--model", str(model_file), "--params", str(params),
+                 "--resamples", "500", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    val_boxes = split_boxes(tiny_data / "synthetic/annotations.csv", tiny_data / "slices.zarr", "val", 64)
+    boxed = sorted({name for name, _ in val_boxes})
+    assert [v["volume"] for v in result["volumes"]] == boxed
+    groups = result["groups"]
+    assert groups["called_abnormal"]["n_volumes"] + groups["called_normal"]["n_volumes"] == len(boxed)
+    scored = sum((g["maps"] or {}).get("n_slices", 0) for g in groups.values())
+    assert scored == len(val_boxes)
+    model, config = bright_spot_mrnet(threshold=60.0)
+    v = result["volumes"][0]
+    assert v["called_abnormal"] == (1 / (1 + np.exp(-v["logit"])) >= config.get("threshold", 0.5))
+    assert all(np.isfinite(x["change_boxes_occluded"]) and np.isfinite(x["change_elsewhere_occluded"])
+               for x in result["volumes"])
+    assert "called_abnormal:" in capsys.readouterr().out

@@ -44,6 +44,7 @@ SOURCE_FILES = {
     "bench_gpu_training": "reports/bench/gpu_training.json",
     "bench_mrnet_device": "reports/bench/mrnet_device.json",
     "bench_roi_frontier": "reports/bench/roi_frontier.json",
+    "bench_mrnet_evidence": "reports/bench/mrnet_evidence.json",
 }
 assert set(SOURCE_FILES) == set(SOURCES)
 

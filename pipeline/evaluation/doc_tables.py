@@ -29,7 +29,7 @@ SOURCES = ("params", "metrics", "evaluation", "mrnet", "mrnet_detail", "gradcam"
            "bench_gradcam_methods", "bench_mrnet_seeds", "bench_mrnet_long", "bench_mrnet_tune",
            "x8_metrics", "x8_evaluation",
            "bench_undersample", "bench_unet_training", "bench_stage_memory", "bench_gpu_training",
-           "bench_mrnet_device", "bench_contention", "bench_roi_frontier")
+           "bench_mrnet_device", "bench_contention", "bench_roi_frontier", "bench_mrnet_evidence")
 
 
 # ---------------------------------------------------------------- values and cells
@@ -415,6 +415,9 @@ BENCHMARKS = (
      "MRNet trained longer", "`mrnet_seeds` at the default epochs"),
     ("bench_gradcam_methods", "gradcam_methods", "`benchmarks/gradcam_methods.py`: every Grad-CAM method × "
      "layer on the val split", "chance (the boxes' area share) and the other pairs (rule fixed before it)"),
+    ("bench_mrnet_evidence", "mrnet_evidence", "`benchmarks/mrnet_evidence.py`: MRNet's logit with the val "
+     "boxes occluded and with same-size regions elsewhere occluded; the maps' pointing game on the volumes it "
+     "calls abnormal and normal", "the same volume unoccluded; occlusion elsewhere"),
     ("bench_roi_frontier", "roi_frontier", "`benchmarks/roi_frontier.py`: the ROI weighting's settings on val, "
      "oracle and Grad-CAM against the baseline", "the baseline of the same capacity and loss, same seeds "
      "(rule fixed before it)"),
@@ -509,6 +512,15 @@ def _bench_latest(key: str, b: Mapping) -> str:
         return (f"best by the rule: {best.get('method')} at `{best.get('layer')}`, pointing game at 15 px "
                 f"{num(lookup(best, 'overall.pointing_game_15px.mean'))} (chance "
                 f"{num(lookup(best, 'overall.chance_15px.mean'), '{:.3f}')})")
+    if key == "bench_mrnet_evidence":
+        parts = []
+        for name, label in (("called_abnormal", "called abnormal"), ("called_normal", "called normal")):
+            g = lookup(b, f"groups.{name}") or {}
+            parts.append(f"{label}: {num(g.get('n_volumes'), '{:d}')} volumes, logit change "
+                         f"{num(lookup(g, 'change_boxes_occluded.median'), '{:+.2f}')} (boxes occluded) vs "
+                         f"{num(lookup(g, 'change_elsewhere_occluded.median'), '{:+.2f}')} (elsewhere), pointing game "
+                         f"at 15 px {num(lookup(g, 'maps.pointing_game_15px.mean'))}")
+        return "; ".join(parts) + " (medians, val)"
     if key == "bench_roi_frontier":
         chosen = b.get("chosen")
         row = next((r for r in b.get("settings") or [] if r.get("name") == chosen), {})

@@ -253,6 +253,16 @@ def volume_calls(model: MRNet, config: dict, slices_path: Path | str, split: str
     return calls
 
 
+# a model file that records no threshold (one written before training chose it on the tune hold-out)
+DEFAULT_THRESHOLD = 0.5
+
+
+def call_threshold(config: dict) -> float:
+    """MRNet calls a volume abnormal when its probability is at least this: the cut the model chose
+    on its tune hold-out (`threshold` in the model config), DEFAULT_THRESHOLD for a model without one."""
+    return float(config.get("threshold", DEFAULT_THRESHOLD))
+
+
 def annotated_slices(group: zarr.Group, boxes: dict[tuple[str, int], list]) -> list[tuple[int, str, int, list, list]]:
     """(row, volume, slice, boxes, labels) of the rows of a store split that have boxes."""
     names = as_str(group["volume"][:])
