@@ -16,7 +16,7 @@ on the fastMRI test slices, scored like the stage scores them: the pointing game
 MRNet seeds (#11: SD <= 0.05).
 
     python benchmarks/mrnet_seeds.py --seeds 0,1,2 --maps
-    python benchmarks/mrnet_seeds.py --seeds 0 --epochs 20 --out reports/bench/mrnet_long.json
+    python benchmarks/mrnet_seeds.py --seeds 0 --epochs 6 --maps --out reports/bench/mrnet_long.json
 """
 from __future__ import annotations
 

@@ -361,8 +361,11 @@ def mrnet_seeds_table(seeds: Mapping, long: Mapping) -> str:
                          f"{num(bench.get('test_auc_mean'))} ± {num(bench.get('test_auc_sd'), '{:.3f}')}",
                          "", "", "", "", ""))
     n = seeds.get("n_test_exams") or long.get("n_test_exams")
+    maps = [f"{_method_name(lookup(b, 'gradcam.method'))} at `{lookup(b, 'gradcam.layer')}` ({b.get('epochs')} epochs)"
+            for b in (seeds, long) if lookup(b, "gradcam.layer")]
     caption = (f"Test AUC on {num(n, '{:d}')} exams; small and large lesions: the abnormal exams whose largest "
-               f"box is below or above the median, each against all normal exams.")
+               f"box is below or above the median, each against all normal exams."
+               + (f" Maps: {'; '.join(maps)}." if maps else ""))
     return caption + "\n\n" + table(("seed", "epochs", "test AUC", "tune AUC", "best epoch", "AUC, small lesions",
                                      "AUC, large lesions", "pointing game at 15 px"), rows)
 
@@ -499,8 +502,8 @@ def _bench_latest(key: str, b: Mapping) -> str:
                else num(next(iter(runs.values()), {}).get("test_auc")))
         out = f"test AUC {auc} ({len(runs)} seed{'s' if len(runs) != 1 else ''}, {num(b.get('epochs'), '{:d}')} epochs)"
         if _finite(b.get("pointing_game_15px_mean")):
-            out += (f"; pointing game at 15 px {num(b['pointing_game_15px_mean'])} ± "
-                    f"{num(b.get('pointing_game_15px_sd'))}")
+            sd = f" ± {num(b['pointing_game_15px_sd'])}" if _finite(b.get("pointing_game_15px_sd")) else ""
+            out += f"; pointing game at 15 px {num(b['pointing_game_15px_mean'])}{sd}"
         return out
     if key == "bench_gradcam_methods":
         def score(r):
