@@ -10,11 +10,12 @@ For every val volume with boxes (`data/slices.zarr`, the boxes of `data.annotati
 If the classifier's evidence is the lesion, occluding the boxes takes the logit down to the normal
 volumes' level and occluding elsewhere changes nothing.
 
-The maps (`gradcam.*` of params) are scored (`pipeline.roi.scores`) on the annotated slices of
-the volumes MRNet calls abnormal (probability at or above the threshold it chose on its tune
+The maps (`gradcam.*` of params) and the location prior of the train boxes are scored
+(`pipeline.roi.scores`) on the annotated slices of the volumes MRNet calls abnormal (probability at or above the threshold it chose on its tune
 hold-out) and of those it calls normal, apart: a map can only point at a lesion that the classifier
 sees, so the first group says how well the maps localise and the second how often the classifier
-misses.
+misses. The same split at a higher cut (`confident`: exam logit above CONFIDENT_LOGIT, against
+`not_confident`) shows how the maps' quality follows the classifier's confidence.
 
     python benchmarks/mrnet_evidence.py        # after dvc repro of gradcam's deps
 
@@ -39,12 +40,18 @@ from pipeline.models.mrnet import exam_logit, load_mrnet  # noqa: E402
 from pipeline.roi.boxes import Box, check_boxes, split_boxes  # noqa: E402
 from pipeline.roi.gradcam import (GradCAMSpec, call_threshold, explainable, volume_calls,  # noqa: E402
                                   volume_heatmaps, volume_runs)
-from pipeline.roi.scores import frame_tolerances, slice_scores, summarise  # noqa: E402
+from pipeline.roi.scores import frame_tolerances, location_prior, slice_scores, summarise  # noqa: E402
 from pipeline.stores.zarr_store import open_store, read_rows, split_group  # noqa: E402
 
 SPLIT = "val"
 PAD = 2                 # px around each box that the occlusion also covers
 SHIFT = (20, 40)        # px, the control region's offset along each axis (sign seeded)
+# a confident call: exam logit above 1 (P(abnormal) >= 0.73). Read off val's logits in a first,
+# exploratory look (they fell into a group above 1 and one below 0.8), not tuned on any score.
+CONFIDENT_LOGIT = 1.0
+# the groups of volumes with boxes that are scored apart
+GROUPS = {"called_abnormal": lambda v: v["called_abnormal"], "called_normal": lambda v: not v["called_abnormal"],
+          "confident": lambda v: v["logit"] > CONFIDENT_LOGIT, "not_confident": lambda v: v["logit"] <= CONFIDENT_LOGIT}
 
 
 def occluded(volume: np.ndarray, boxes: dict[int, Sequence[Box]], shift: Optional[np.random.Generator] = None
@@ -76,6 +83,8 @@ def measure(net, config: dict, slices: Path | str, annotations: Path | str, spec
     group = split_group(open_store(slices, kind="slices"), split, slices)
     crop = int(group["target"].shape[-1])
     boxes = split_boxes(checked, slices, split, crop, frame, "data.annotation_frame")
+    train_boxes = split_boxes(checked, slices, "train", crop, frame, "data.annotation_frame")
+    prior = location_prior((crop, crop), {k: [b for b, _ in v] for k, v in train_boxes.items()})
     tolerances = frame_tolerances(checked.frames)
     names, idx = read_rows(group["volume"]), read_rows(group["slice"])
     threshold = call_threshold(config)
@@ -83,7 +92,7 @@ def measure(net, config: dict, slices: Path | str, annotations: Path | str, spec
     explained = explainable(net)
     rng = np.random.default_rng(seed)
     volumes, unboxed_logits = [], []
-    maps = {True: [], False: []}
+    maps, priors = {}, {}                      # volume -> its annotated slices' scores
     for name, a, b in volume_runs(names, slices, split):
         target = np.asarray(read_rows(group["target"], a, b), dtype=np.float32)
         logit = exam_logit(net, target, config)
@@ -91,25 +100,29 @@ def measure(net, config: dict, slices: Path | str, annotations: Path | str, spec
         if not found:
             unboxed_logits.append(logit)
             continue
-        called = probability[name] >= threshold
         plain = {s: [bx for bx, _ in v] for s, v in found.items()}
-        volumes.append({"volume": name, "logit": logit, "called_abnormal": bool(called),
+        volumes.append({"volume": name, "logit": logit, "called_abnormal": bool(probability[name] >= threshold),
                         "change_boxes_occluded": exam_logit(net, occluded(target, plain), config) - logit,
                         "change_elsewhere_occluded": exam_logit(net, occluded(target, plain, rng), config) - logit})
         heat = volume_heatmaps(explained, config, target, spec)
-        maps[bool(called)] += [(name, slice_scores(heat[s], v, tolerances[name])) for s, v in plain.items()]
-    return {"volumes": volumes, "threshold": threshold, "unboxed_logits": unboxed_logits,
-            "groups": {key: _group(volumes, maps, called, n_resamples, seed)
-                       for key, called in (("called_abnormal", True), ("called_normal", False))}}
+        maps[name] = [slice_scores(heat[s], v, tolerances[name]) for s, v in plain.items()]
+        if prior is not None:
+            priors[name] = [slice_scores(prior, v, tolerances[name]) for v in plain.values()]
+    return {"volumes": volumes, "threshold": threshold, "confident_logit": CONFIDENT_LOGIT,
+            "unboxed_logits": unboxed_logits,
+            "groups": {key: _group([v for v in volumes if member(v)], maps, priors, n_resamples, seed)
+                       for key, member in GROUPS.items()}}
 
 
-def _group(volumes: list[dict], maps: dict, called: bool, n_resamples: int, seed: int) -> dict:
-    mine = [v for v in volumes if v["called_abnormal"] == called]
+def _group(mine: list[dict], maps: dict, priors: dict, n_resamples: int, seed: int) -> dict:
+    """The logit changes (median, mean) and the maps' and the prior's scores of one group of volumes."""
     out: dict = {"n_volumes": len(mine)}
     for key in ("logit", "change_boxes_occluded", "change_elsewhere_occluded"):
         values = [v[key] for v in mine]
         out[key] = {"median": statistics.median(values), "mean": statistics.fmean(values)} if values else None
-    out["maps"] = summarise(maps[called], n_resamples, seed) if maps[called] else None
+    for key, scores in (("maps", maps), ("location_prior", priors)):
+        rows = [(v["volume"], s) for v in mine for s in scores.get(v["volume"], [])]
+        out[key] = summarise(rows, n_resamples, seed) if rows else None
     return out
 
 
@@ -120,7 +133,9 @@ def summary_line(grp: dict) -> str:
     pg = grp["maps"]["pointing_game_15px"]
     return (f"{grp['n_volumes']} volumes; logit change (median), boxes occluded "
             f"{grp['change_boxes_occluded']['median']:+.2f}, elsewhere {grp['change_elsewhere_occluded']['median']:+.2f}; "
-            f"maps' pointing game at 15 px {pg['mean']:.2f} [{pg['ci95_low']:.2f}, {pg['ci95_high']:.2f}]")
+            f"maps' pointing game at 15 px {pg['mean']:.2f} [{pg['ci95_low']:.2f}, {pg['ci95_high']:.2f}]"
+            + (f", the location prior's {grp['location_prior']['pointing_game_15px']['mean']:.2f}"
+               if grp.get("location_prior") else ""))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

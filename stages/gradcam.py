@@ -101,8 +101,12 @@ def gradcam_cmd(
         lp = scores["location_prior"]
         typer.echo(f"gradcam: the train boxes' location prior scores pointing game {lp['pointing_game']['mean']:.3f}, "
                    f"at 15 px {lp['pointing_game_15px']['mean']:.3f}, energy in box {lp['energy_in_box']['mean']:.3f}")
-    by_call = scores["by_call"]
-    ab, no = by_call["abnormal"], by_call["normal"]
-    typer.echo(f"gradcam: on the {ab['n_volumes']} annotated volumes MRNet calls abnormal pointing game at 15 px "
-               f"{ab['pointing_game_15px']['mean']:.3f}; on the {no['n_volumes']} it calls normal "
-               f"{no['pointing_game_15px']['mean']:.3f} (threshold {threshold:.3f})")
+    by_call, prior_by_call = scores["by_call"], scores.get("location_prior_by_call")
+
+    def pointing(group: str) -> str:
+        text = f"{by_call[group]['pointing_game_15px']['mean']:.3f}"
+        return text + (f" (the prior {prior_by_call[group]['pointing_game_15px']['mean']:.3f})" if prior_by_call else "")
+
+    typer.echo(f"gradcam: on the {by_call['abnormal']['n_volumes']} annotated volumes MRNet calls abnormal pointing "
+               f"game at 15 px {pointing('abnormal')}; on the {by_call['normal']['n_volumes']} it calls normal "
+               f"{pointing('normal')} (threshold {threshold:.3f})")

@@ -187,11 +187,16 @@ def test_full_reports_render_every_number_with_its_interval():
     lines = localisation.splitlines()
     maps_row = next(i for i, ln in enumerate(lines) if ln.startswith("| MRNet HiResCAM"))
     assert lines[maps_row + 1].startswith("| MRNet maps, volumes MRNet calls abnormal (2 volumes, 2 slices) | 1.00 [")
-    assert lines[maps_row + 2].startswith("| MRNet maps, volumes it calls normal (2 volumes, 2 slices) | 0.00 [")
+    assert lines[maps_row + 2].startswith("| location prior, the same volumes | 0.00 [")
+    assert lines[maps_row + 3].startswith("| MRNet maps, volumes it calls normal (2 volumes, 2 slices) | 0.00 [")
+    assert lines[maps_row + 4].startswith("| location prior, the same volumes | 1.00 [")
     assert "abnormal at P(abnormal) ≥ 0.420" in localisation
+    no_prior = render("localisation", {**s, "gradcam_detail": {k: v for k, v in s["gradcam_detail"].items()
+                                                               if k != "location_prior_by_call"}})
+    assert "the same volumes" not in no_prior and no_prior.count("\n| ") == localisation.count("\n| ") - 2
     without = render("localisation", {**s, "gradcam_detail": {k: v for k, v in s["gradcam_detail"].items()
-                                                              if k != "by_call"}})
-    assert "calls" not in without and without.count("\n| ") == localisation.count("\n| ") - 2
+                                                              if k not in ("by_call", "location_prior_by_call")}})
+    assert "calls" not in without and without.count("\n| ") == localisation.count("\n| ") - 4
     classifier = render("classifier", s)
     assert "| test (`valid`; threshold 0.420, chosen on tune) | 120 (60) | 0.91 | 0.85 | 0.80 | 0.90 |" in classifier
     assert "best epoch 7" in classifier and "Trained on 1800 exams (2,469,953 parameters)" in classifier

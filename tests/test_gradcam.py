@@ -408,6 +408,9 @@ def test_gradcam_stage_writes_aligned_store_scores_and_overlays(tiny_data, model
     assert ab["n_slices"] + no["n_slices"] == o["n_slices"] and ab["n_volumes"] + no["n_volumes"] == o["n_volumes"]
     assert ab["pointing_game_15px"] == o["pointing_game_15px"] and ab["energy_in_box"] == o["energy_in_box"]
     assert no["n_slices"] == 0 and no["pointing_game_15px"]["mean"] is None
+    lp = detail["location_prior_by_call"]
+    assert lp["abnormal"]["pointing_game_15px"] == detail["location_prior"]["pointing_game_15px"]
+    assert lp["normal"]["n_slices"] == 0
     assert "on the 2 annotated volumes MRNet calls abnormal pointing game at 15 px" in res.output
 
 
@@ -583,6 +586,14 @@ def test_scores_split_by_the_classifiers_call(tmp_path):
     for q in ("pointing_game", "pointing_game_15px", "energy_in_box"):
         assert ab[q]["mean"] == 1.0 and no[q]["mean"] == 0.0, q
     assert ab["chance"]["mean"] == no["chance"]["mean"] == pytest.approx(16 / 256)
+    assert "location_prior_by_call" not in scores          # no prior given
+    # the prior on the same groups: one map for every slice, peaking inside the shared box, hits both
+    prior = np.zeros((16, 16), np.float32)
+    prior[3, 3] = 1.0
+    with_prior = score_heatmaps(heatmaps, slices, "test", boxes, 0, tmp_path / "ov5", tolerances, n_resamples=200,
+                                called={"a.h5": True, "b.h5": False}, prior=prior)["location_prior_by_call"]
+    assert with_prior["abnormal"]["pointing_game"]["mean"] == with_prior["normal"]["pointing_game"]["mean"] == 1.0
+    assert (with_prior["abnormal"]["n_volumes"], with_prior["normal"]["n_volumes"]) == (1, 1)
     flipped = score({"a.h5": False, "b.h5": True}, "ov2")["by_call"]
     assert flipped["abnormal"]["pointing_game"]["mean"] == 0.0 and flipped["normal"]["pointing_game"]["mean"] == 1.0
     assert "by_call" not in score(None, "ov3")
@@ -671,9 +682,12 @@ def test_mrnet_evidence_benchmark_splits_by_the_call(tiny_data, model_file, tmp_
     boxed = sorted({name for name, _ in val_boxes})
     assert [v["volume"] for v in result["volumes"]] == boxed
     groups = result["groups"]
-    assert groups["called_abnormal"]["n_volumes"] + groups["called_normal"]["n_volumes"] == len(boxed)
-    scored = sum((g["maps"] or {}).get("n_slices", 0) for g in groups.values())
-    assert scored == len(val_boxes)
+    for pair in (("called_abnormal", "called_normal"), ("confident", "not_confident")):   # two partitions
+        assert sum(groups[g]["n_volumes"] for g in pair) == len(boxed)
+        assert sum((groups[g]["maps"] or {}).get("n_slices", 0) for g in pair) == len(val_boxes)
+        assert sum((groups[g]["location_prior"] or {}).get("n_slices", 0) for g in pair) == len(val_boxes)
+    confident = {v["volume"] for v in result["volumes"] if v["logit"] > result["confident_logit"]}
+    assert groups["confident"]["n_volumes"] == len(confident)
     model, config = bright_spot_mrnet(threshold=60.0)
     v = result["volumes"][0]
     assert v["called_abnormal"] == (1 / (1 + np.exp(-v["logit"])) >= config.get("threshold", 0.5))

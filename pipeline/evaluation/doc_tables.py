@@ -302,7 +302,8 @@ def localisation_table(gradcam: Mapping, gradcam_detail: Mapping) -> str:
     """The committed maps on the annotated test slices against the location prior of the training
     boxes and chance (gradcam's detail; the tracked means where it is missing). Where the detail
     splits the maps' scores by MRNet's call on each volume (`by_call`), the volumes it calls
-    abnormal and those it calls normal get a row each after the maps' row."""
+    abnormal and those it calls normal get a row each after the maps' row, each followed by the
+    location prior on the same volumes where the detail has it (`location_prior_by_call`)."""
     d = gradcam_detail
     overall, prior = d.get("overall", {}), d.get("location_prior", {})
     tracked = lookup(gradcam, "test", {})
@@ -318,10 +319,14 @@ def localisation_table(gradcam: Mapping, gradcam_detail: Mapping) -> str:
 
     maps = f"MRNet {_method_name(d.get('method'))}, `{d.get('layer', MISSING)}`" if d.get("method") else "MRNet maps"
     by_call = d.get("by_call") if isinstance(d.get("by_call"), Mapping) else {}
+    prior_by_call = d.get("location_prior_by_call") if isinstance(d.get("location_prior_by_call"), Mapping) else {}
     groups = (("abnormal", "MRNet maps, volumes MRNet calls abnormal"),
               ("normal", "MRNet maps, volumes it calls normal"))
-    split_rows = [(counted(label, by_call.get(group) or {}), *cells(by_call.get(group) or {}, {}))
-                  for group, label in (groups if by_call else ())]
+    split_rows = []
+    for group, label in (groups if by_call else ()):
+        split_rows.append((counted(label, by_call.get(group) or {}), *cells(by_call.get(group) or {}, {})))
+        if prior_by_call:
+            split_rows.append(("location prior, the same volumes", *cells(prior_by_call.get(group) or {}, {})))
     rows = [(maps, *cells(overall, tracked)), *split_rows,
             ("location prior (mean box mask of the training slices)", *cells(prior, tracked.get("location_prior", {}))),
             ("chance", *cells(overall, {}, chance=True))]
@@ -517,12 +522,15 @@ def _bench_latest(key: str, b: Mapping) -> str:
                 f"{num(lookup(best, 'overall.chance_15px.mean'), '{:.3f}')})")
     if key == "bench_mrnet_evidence":
         parts = []
-        for name, label in (("called_abnormal", "called abnormal"), ("called_normal", "called normal")):
+        for name, label in (("called_abnormal", "called abnormal"), ("called_normal", "called normal"),
+                            ("confident", f"logit > {num(b.get('confident_logit'), '{:g}')}"),
+                            ("not_confident", "the rest")):
             g = lookup(b, f"groups.{name}") or {}
             parts.append(f"{label}: {num(g.get('n_volumes'), '{:d}')} volumes, logit change "
                          f"{num(lookup(g, 'change_boxes_occluded.median'), '{:+.2f}')} (boxes occluded) vs "
                          f"{num(lookup(g, 'change_elsewhere_occluded.median'), '{:+.2f}')} (elsewhere), pointing game "
-                         f"at 15 px {num(lookup(g, 'maps.pointing_game_15px.mean'))}")
+                         f"at 15 px {num(lookup(g, 'maps.pointing_game_15px.mean'))} (the prior "
+                         f"{num(lookup(g, 'location_prior.pointing_game_15px.mean'))})")
         return "; ".join(parts) + " (medians, val)"
     if key == "bench_roi_frontier":
         chosen = b.get("chosen")

@@ -45,18 +45,22 @@ def score_heatmaps(heatmaps_path: Path | str, slices_path: Path | str, split: st
     as `<volume stem>_s<slice>.png`. With a `prior` map (`pipeline.roi.scores.location_prior`),
     `location_prior` holds the same overall scores for that one map on every slice. With `called`
     ({volume: the classifier calls it abnormal}, every scored volume in it), `by_call` holds the
-    overall scores on the volumes called abnormal and on the others (`scores_by_call`)."""
+    overall scores on the volumes called abnormal and on the others (`scores_by_call`), and with a
+    `prior` too, `location_prior_by_call` the prior's on the same two groups."""
     heat = zarr.open_group(str(heatmaps_path), mode="r")[split]
     rows = annotated_slices(heat, boxes)
     maps = heat["heatmap"]
     scores = score_slices(((name, maps[r], b, labels, tolerances[name]) for r, name, _, b, labels in rows),
                           n_resamples=n_resamples, seed=seed)
+    prior_rows = [] if prior is None else [(name, slice_scores(prior, b, tolerances[name]))
+                                           for _, name, _, b, _ in rows]
     if prior is not None:
-        scores["location_prior"] = summarise([(name, slice_scores(prior, b, tolerances[name]))
-                                              for _, name, _, b, _ in rows], n_resamples, seed)
+        scores["location_prior"] = summarise(prior_rows, n_resamples, seed)
     if called is not None:
         scores["by_call"] = scores_by_call([(name, slice_scores(maps[r], b, tolerances[name]))
                                             for r, name, _, b, _ in rows], called, n_resamples, seed)
+        if prior is not None:
+            scores["location_prior_by_call"] = scores_by_call(prior_rows, called, n_resamples, seed)
     targets = open_store(slices_path, kind="slices")[split]["target"]
     overlays_dir = Path(overlays_dir)
     overlays_dir.mkdir(parents=True)
