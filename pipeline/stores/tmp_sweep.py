@@ -182,6 +182,7 @@ def sweep(final: Path | str) -> list[Path]:
 # ------------------------------------------------------------------ the reaper
 
 _reaper: int | None = None   # this process's end of the pipe to its reaper
+REAP_RETRY_S = 3.0           # how long the reaper keeps sweeping while its owner's workers die
 
 
 def start_reaper() -> bool:
@@ -226,9 +227,17 @@ def _reap(r: int, owner: int) -> None:
     deadline = time.monotonic() + 60
     while os.getppid() == owner and time.monotonic() < deadline:
         time.sleep(0.005)
-    for raw in dict.fromkeys(data.split(b"\0")):
-        if raw:
-            sweep(os.fsdecode(raw))
+    paths = [Path(os.fsdecode(raw)) for raw in dict.fromkeys(data.split(b"\0")) if raw]
+    # The owner's pool workers die with it (PR_SET_PDEATHSIG), but a moment later: until they have,
+    # one may still hold a lock copy it inherited mid-fork or write into a temporary being swept.
+    # So sweep again until nothing of theirs is left, for REAP_RETRY_S at most.
+    deadline = time.monotonic() + REAP_RETRY_S
+    while True:
+        for p in paths:
+            sweep(p)
+        if not any(_groups(p.parent, p.name) for p in paths) or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def owns(*paths: Path | str | None) -> list[Path]:
