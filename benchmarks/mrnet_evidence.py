@@ -11,11 +11,12 @@ If the classifier's evidence is the lesion, occluding the boxes takes the logit 
 volumes' level and occluding elsewhere changes nothing.
 
 The maps (`gradcam.*` of params) and the location prior of the train boxes are scored
-(`pipeline.roi.scores`) on the annotated slices of the volumes MRNet calls abnormal (probability at or above the threshold it chose on its tune
-hold-out) and of those it calls normal, apart: a map can only point at a lesion that the classifier
-sees, so the first group says how well the maps localise and the second how often the classifier
-misses. The same split at a higher cut (`confident`: exam logit above CONFIDENT_LOGIT, against
-`not_confident`) shows how the maps' quality follows the classifier's confidence.
+(`pipeline.roi.scores`) on the annotated slices of the volumes MRNet calls abnormal (probability at
+or above the threshold it chose on its tune hold-out) and of those it calls normal, apart: a map
+can only point at a lesion that the classifier sees, so the first group says how well the maps
+localise and the second how often the classifier misses. The same split at a higher cut
+(`confident`: exam logit above CONFIDENT_LOGIT, against `not_confident`) shows how the maps'
+quality follows the classifier's confidence.
 
     python benchmarks/mrnet_evidence.py        # after dvc repro of gradcam's deps
 
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 
 from pipeline.models.mrnet import exam_logit, load_mrnet  # noqa: E402
 from pipeline.roi.boxes import Box, check_boxes, split_boxes  # noqa: E402
-from pipeline.roi.gradcam import (GradCAMSpec, call_threshold, explainable, volume_calls,  # noqa: E402
+from pipeline.roi.gradcam import (GradCAMSpec, abnormal_probability, call_threshold, explainable,  # noqa: E402
                                   volume_heatmaps, volume_runs)
 from pipeline.roi.scores import frame_tolerances, location_prior, slice_scores, summarise  # noqa: E402
 from pipeline.stores.zarr_store import open_store, read_rows, split_group  # noqa: E402
@@ -88,7 +89,6 @@ def measure(net, config: dict, slices: Path | str, annotations: Path | str, spec
     tolerances = frame_tolerances(checked.frames)
     names, idx = read_rows(group["volume"]), read_rows(group["slice"])
     threshold = call_threshold(config)
-    probability = volume_calls(net, config, slices, split)
     explained = explainable(net)
     rng = np.random.default_rng(seed)
     volumes, unboxed_logits = [], []
@@ -101,7 +101,7 @@ def measure(net, config: dict, slices: Path | str, annotations: Path | str, spec
             unboxed_logits.append(logit)
             continue
         plain = {s: [bx for bx, _ in v] for s, v in found.items()}
-        volumes.append({"volume": name, "logit": logit, "called_abnormal": bool(probability[name] >= threshold),
+        volumes.append({"volume": name, "logit": logit, "called_abnormal": abnormal_probability(logit) >= threshold,
                         "change_boxes_occluded": exam_logit(net, occluded(target, plain), config) - logit,
                         "change_elsewhere_occluded": exam_logit(net, occluded(target, plain, rng), config) - logit})
         heat = volume_heatmaps(explained, config, target, spec)

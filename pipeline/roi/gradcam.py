@@ -249,8 +249,13 @@ def volume_calls(model: MRNet, config: dict, slices_path: Path | str, split: str
     calls = {}
     for name, a, b in volume_runs(names, slices_path, split):
         target = np.asarray(read_rows(group["target"], a, b), dtype=np.float32)
-        calls[name] = float(torch.sigmoid(torch.tensor(exam_logit(model, target, config), dtype=torch.float64)))
+        calls[name] = abnormal_probability(exam_logit(model, target, config))
     return calls
+
+
+def abnormal_probability(logit: float) -> float:
+    """MRNet's probability of "abnormal" from its exam logit (float64), as `call_threshold` is read."""
+    return float(torch.sigmoid(torch.tensor(logit, dtype=torch.float64)))
 
 
 # a model file that records no threshold (one written before training chose it on the tune hold-out)
