@@ -8,7 +8,8 @@ this measures where the default stands. Reads the exams of params.yaml's `mrnet.
 For synthetic exams (which come with `boxes.csv`) it also reports, per seed, the test AUC of the
 abnormal exams split by the area of their largest lesion box (as a fraction of the frame: under
 and over the median) against all normal exams: whether the classifier sees the small lesions, the
-large ones, or neither.
+large ones, or neither; and the test AUC within each contrast the exams were drawn with (proton
+density with or without fat suppression, `exam_acquisitions`).
 
 With `--maps` (after `dvc repro prepare`: it reads `data/slices.zarr` and the boxes of
 `data.annotations`), each seed's model also gets the gradcam stage's maps (`gradcam.*` of params)
@@ -39,6 +40,7 @@ from pipeline.models.mrnet import exam_logit  # noqa: E402
 from pipeline.evaluation.reports import write_json  # noqa: E402
 from pipeline.training.mrnet import roc_auc  # noqa: E402
 from pipeline.training.mrnet import train_mrnet  # noqa: E402
+from pipeline.synthetic.dataset import exam_acquisitions  # noqa: E402
 from stages.mrnet import exam_splits, train_config  # noqa: E402
 from stages.settings import load_params  # noqa: E402
 
@@ -50,10 +52,9 @@ def largest_box_area(data_dir: Path) -> dict[str, float]:
     return (boxes.height * boxes.width / frame).groupby(boxes.case).max().to_dict()
 
 
-def auc_by_lesion_size(model, config: dict, exams, largest: dict[str, float]) -> dict:
-    """Test AUC of the abnormal exams with a small (<= median) or large largest box, each against
-    every normal exam."""
-    score = {e.id: exam_logit(model, e.load(), config) for e in exams}
+def auc_by_lesion_size(score: dict[str, float], exams, largest: dict[str, float]) -> dict:
+    """Test AUC (`score`: {exam id: logit}) of the abnormal exams with a small (<= median) or large
+    largest box, each against every normal exam."""
     abnormal = [e.id for e in exams if e.label and e.id in largest]
     normal = [e.id for e in exams if not e.label]
     cut = float(np.median([largest[i] for i in abnormal]))
@@ -64,6 +65,18 @@ def auc_by_lesion_size(model, config: dict, exams, largest: dict[str, float]) ->
         out[f"auc_{name}_lesions"] = roc_auc(labels, [score[i] for i in ids + normal])
         out[f"n_{name}"] = len(ids)
     return out
+
+
+def auc_by_acquisition(score: dict[str, float], exams, acquisitions: dict[str, str]) -> dict:
+    """Test AUC (`score`: {exam id: logit}) within each contrast the synthetic exams were drawn with
+    (`acquisitions`: {exam id: acquisition}, `pipeline.synthetic.dataset.exam_acquisitions`): the
+    normal and abnormal exams of that contrast only, and their counts."""
+    out = {}
+    for acq in sorted({acquisitions[e.id] for e in exams}):
+        group = [e for e in exams if acquisitions[e.id] == acq]
+        out[acq] = {"auc": roc_auc([e.label for e in group], [score[e.id] for e in group]),
+                    "n": len(group), "n_positive": sum(e.label for e in group)}
+    return {"auc_by_acquisition": out}
 
 
 def localisation(model, config: dict, p, slices: Path) -> dict:
@@ -93,6 +106,7 @@ def main() -> None:
     splits = exam_splits(p, Path(m.data_dir))
     runs = {}
     largest = largest_box_area(Path(m.data_dir)) if (Path(m.data_dir) / "boxes.csv").exists() else None
+    acquisitions = exam_acquisitions(p.synthetic.exams, p.seed) if m.source == "synthetic" else None
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = train_config(m, seed)
         if args.epochs is not None:
@@ -101,8 +115,11 @@ def main() -> None:
         r = train_mrnet(splits["train"], splits["valid"], cfg)
         runs[str(seed)] = {"test_auc": r.metrics["test"]["auc"], "tune_auc": r.metrics["tune_auc"],
                            "best_epoch": r.metrics["best_epoch"], "seconds": round(time.perf_counter() - t0, 1)}
+        score = {e.id: exam_logit(r.model, e.load(), r.config) for e in splits["valid"]}
         if largest is not None:
-            runs[str(seed)].update(auc_by_lesion_size(r.model, r.config, splits["valid"], largest))
+            runs[str(seed)].update(auc_by_lesion_size(score, splits["valid"], largest))
+        if acquisitions is not None:
+            runs[str(seed)].update(auc_by_acquisition(score, splits["valid"], acquisitions))
         if args.maps:
             runs[str(seed)].update(localisation(r.model, r.config, p, args.slices))
         print(f"seed {seed}: test AUC {r.metrics['test']['auc']:.3f}, tune AUC {r.metrics['tune_auc']:.3f}, "

@@ -7,13 +7,14 @@ from typing import Optional
 import typer
 
 from pipeline.stores.tmp_sweep import owns
-from stages.app import PARAMS_OPTION, app, stage
+from stages.app import PARAMS_OPTION, RAW_DIR_OPTION, app, named, stage
 
 
 @app.command("evaluate")
 @stage
 def evaluate_cmd(
     slices: Path = typer.Option(Path("data/slices.zarr"), help="slices store (targets)"),
+    raw_dir: Optional[Path] = RAW_DIR_OPTION,
     undersampled: Path = typer.Option(Path("data/undersampled.zarr"), help="undersampled store (inputs)"),
     heatmaps: Path = typer.Option(Path("data/heatmaps.zarr"), help="Grad-CAM heatmaps store (figures, heatmap NMSE)"),
     annotations: Optional[Path] = typer.Option(None, help="fastMRI+ knee.csv-style ROI boxes (default: data.annotations)"),
@@ -34,19 +35,21 @@ def evaluate_cmd(
     interval and Wilcoxon p (seeds averaged) go to the detail JSON (pipeline/stats.py).
 
     Reads: the three stores, the ROI boxes, models/unet/<variant>_s<seed>.pt for baseline, weighted and
-    oracle and every seed in unet.seeds.
+    oracle and every seed in unet.seeds, data.raw_dir (each volume's `acquisition`: the comparisons
+    are also made on each contrast's volumes alone).
 
     Writes: data/reconstructions.zarr, reports/metrics.json, reports/evaluation.json,
     reports/per_volume.csv, reports/figures/*.png, reports/error_maps/*.png.
 
     Params: evaluate.*, unet.seeds and the unet.* widths (a checkpoint of other widths is refused),
-    data.annotations, data.annotation_frame."""
+    data.annotations, data.annotation_frame, data.raw_dir, data.test_from_val."""
     owns(out, metrics, detail, per_volume, figures, error_maps)  # first: sweep what a killed run left (tmp_sweep)
     # heavy imports here, not at module level: `roirecon --help` should not pay for them
     from pipeline.evaluation.evaluate import (annotation_boxes, evaluate, model_runs, reconstructions_writer,
                                               summarize_evaluation, write_per_volume)
     from pipeline.models.registry import model_config
     from pipeline.evaluation.report_figures import error_map_rows, write_figures
+    from pipeline.io.fastmri import split_acquisitions
     from pipeline.evaluation.reports import metrics_table, write_json
     from pipeline.threads import share_cpus
     from pipeline.stores.unet_data import SliceStores
@@ -60,12 +63,15 @@ def evaluate_cmd(
     stores = SliceStores(slices, undersampled, heatmaps, e.split, raw=True)
     boxes = annotation_boxes(ann, slices, e.split, stores.crop, p.data.annotation_frame, "data.annotation_frame")
     rows = error_map_rows(stores, boxes, e.n_figures)
+    with named(test_from_val="data.test_from_val"):
+        acquisitions = split_acquisitions(raw_dir or Path(p.data.raw_dir), e.split,
+                                          [v for v, _ in stores.volumes()], test_from_val=p.data.test_from_val)
     with share_cpus(e.device), reconstructions_writer(out, stores, {"seeds": list(u.seeds)}) as write, \
             bar(len(stores.volumes()), f"evaluate {e.split}: {len(runs) + 1} runs", unit="volume") as update:
         ev = evaluate(stores, runs, boxes, e.device, keep_rows=rows, on_recon=write, progress=update,
                       expected_model=model_config(u.arch, u.chans, u.num_pool_layers, u.drop_prob, u.residual),
                       expected_label="unet.* in params.yaml", workers=e.num_workers)
-    tracked, info, table = summarize_evaluation(ev, e.bootstrap_resamples)
+    tracked, info, table = summarize_evaluation(ev, e.bootstrap_resamples, acquisitions)
     write_per_volume(per_volume, ev.per_volume)
     write_json(metrics, tracked)
     write_json(detail, info)

@@ -64,7 +64,7 @@ def full_reports() -> dict:
     import pandas as pd
 
     from pipeline.evaluation.evaluate import summarize
-    from pipeline.evaluation.gradcam_report import scores_by_call
+    from pipeline.evaluation.gradcam_report import scores_by_call, scores_by_group
     from pipeline.metrics import ALL
     from pipeline.evaluation.reports import clean, pick
     from pipeline.roi.scores import score_slices, slice_scores, summarise, tracked_metrics
@@ -78,7 +78,9 @@ def full_reports() -> dict:
               "n_roi_slices": 1, **{m: 15.0 + k for m in ALL}} for k in range(6)]
     table = pd.DataFrame(rows)
     table["seed"] = table["seed"].astype("Int64")
-    metrics, evaluation = summarize(table, n_resamples=200)
+    # the first three volumes without fat suppression, the others with it
+    metrics, evaluation = summarize(table, n_resamples=200,
+                                    acquisitions={f"v{k}": "CORPD_FBK" if k < 3 else "CORPDFS_FBK" for k in range(6)})
     heat = np.zeros((16, 16), np.float32)
     heat[3, 4] = 1.0
     items = [(f"v{k}", heat, [(2, 3, 3, 3)] if k % 2 else [(9, 9, 3, 3)], ["a"], 1.0) for k in range(4)]
@@ -92,6 +94,12 @@ def full_reports() -> dict:
     prior_map[10, 10] = 1.0
     scores["location_prior_by_call"] = scores_by_call([(v, slice_scores(prior_map, b, t)) for v, _, b, _, t in items],
                                                       called, 200)
+    # the contrasts: the odd volumes (maps hit, prior misses) fat-suppressed, the even ones not
+    acquisitions = {f"v{k}": "CORPDFS_FBK" if k % 2 else "CORPD_FBK" for k in range(4)}
+    scores["by_acquisition"] = scores_by_group([(v, slice_scores(h, b, t)) for v, h, b, _, t in items],
+                                               acquisitions, None, 200)
+    scores["location_prior_by_acquisition"] = scores_by_group(
+        [(v, slice_scores(prior_map, b, t)) for v, _, b, _, t in items], acquisitions, None, 200)
     calls = {"threshold": 0.42, "n_volumes_called_abnormal": 2, "n_volumes": 4}
     mrnet_detail = {"test": {"auc": 0.91, "accuracy": 0.85, "sensitivity": 0.8, "specificity": 0.9, "n": 120,
                              "n_positive": 60, "threshold": 0.42}, "best_epoch": 7, "tune_auc": 0.93,

@@ -174,6 +174,14 @@ def test_full_reports_render_every_number_with_its_interval():
     assert f"[+{vol['volume_only']['ci95_low']:.2f}, +{vol['volume_only']['ci95_high']:.2f}]" in volume_row
     assert "each seed" in comparisons and "(SD " in comparisons and "share of the oracle's ROI PSNR gain" in comparisons
     assert MISSING not in comparisons
+    by_contrast = render("results-by-contrast", s)
+    fs = e["comparisons_by_acquisition"]["CORPDFS_FBK"]["comparisons"]["oracle_vs_baseline"]["roi_psnr"]
+    lines = by_contrast.splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("| `CORPDFS_FBK` (3 volumes, 3 with boxes) |"))
+    assert lines[first].startswith("| `CORPDFS_FBK` (3 volumes, 3 with boxes) | Grad-CAM weighted − baseline | ")
+    assert lines[first + 1].startswith(f"|  | oracle − baseline | +{fs['delta']:.2f} [")
+    assert lines[first + 2].startswith("| `CORPD_FBK` (3 volumes, 3 with boxes) | Grad-CAM weighted − baseline | ")
+    assert MISSING not in by_contrast
     c = e["comparisons"]["weighted_vs_baseline"]["psnr"]
     projection = render("power-projection", s)
     assert f"{projected_half_width(c['variance_components'], 5, 2 * c['n_volumes']):.2f} |" in \
@@ -190,10 +198,19 @@ def test_full_reports_render_every_number_with_its_interval():
     assert lines[maps_row + 2].startswith("| location prior, the same volumes | 0.00 [")
     assert lines[maps_row + 3].startswith("| MRNet maps, volumes it calls normal (2 volumes, 2 slices) | 0.00 [")
     assert lines[maps_row + 4].startswith("| location prior, the same volumes | 1.00 [")
+    # and by contrast (the odd volumes fat-suppressed), groups in sorted order
+    assert lines[maps_row + 5].startswith("| MRNet maps, `CORPDFS_FBK` volumes (2 volumes, 2 slices) | 1.00 [")
+    assert lines[maps_row + 6].startswith("| location prior, the same volumes | 0.00 [")
+    assert lines[maps_row + 7].startswith("| MRNet maps, `CORPD_FBK` volumes (2 volumes, 2 slices) | 0.00 [")
+    assert lines[maps_row + 8].startswith("| location prior, the same volumes | 1.00 [")
+    assert "Contrast: the fastMRI files' `acquisition`" in localisation
+    no_contrast = render("localisation", {**s, "gradcam_detail": {
+        k: v for k, v in s["gradcam_detail"].items() if k not in ("by_acquisition", "location_prior_by_acquisition")}})
+    assert "Contrast:" not in no_contrast and no_contrast.count("\n| ") == localisation.count("\n| ") - 4
     assert "abnormal at P(abnormal) ≥ 0.420" in localisation
     no_prior = render("localisation", {**s, "gradcam_detail": {k: v for k, v in s["gradcam_detail"].items()
                                                                if k != "location_prior_by_call"}})
-    assert "the same volumes" not in no_prior and no_prior.count("\n| ") == localisation.count("\n| ") - 2
+    assert no_prior.count("the same volumes") == 2 and no_prior.count("\n| ") == localisation.count("\n| ") - 2
     without = render("localisation", {**s, "gradcam_detail": {k: v for k, v in s["gradcam_detail"].items()
                                                               if k not in ("by_call", "location_prior_by_call")}})
     assert "calls" not in without and without.count("\n| ") == localisation.count("\n| ") - 4

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -38,7 +39,8 @@ def setup(tiny_fastmri, tmp_path_factory):
     torch.set_num_threads(1)   # tiny U-Nets train faster on one thread
     try:
         d = build_stores(tiny_fastmri, tmp_path_factory.mktemp("eval"))
-        write_params(d / "params.yaml", data={"crop": CROP, "workers": 1, "annotations": None},
+        write_params(d / "params.yaml", data={"raw_dir": str(tiny_fastmri), "crop": CROP, "workers": 1,
+                                              "annotations": None},
                      unet={**TINY_UNET, "seeds": list(SEEDS)},
                      evaluate={"n_figures": 2, "device": "cpu", "bootstrap_resamples": 1000})
         test_vol = as_str(open_store(d / "slices.zarr", kind="slices")["test"]["volume"][:])[0]
@@ -240,6 +242,46 @@ def test_no_timing_or_version_in_any_tracked_metric(evaluated):
     assert detail and not [k for k in detail if any(t in k for t in TIMING)]
 
 
+def test_comparisons_on_each_contrast_alone(setup, evaluated, tiny_fastmri):
+    """The stage reads each volume's contrast from its fastMRI file; `summarize` compares on each
+    contrast's volumes alone, as `compare` does on that part of the table."""
+    from pipeline.evaluation.evaluate import summarize
+
+    out, _ = evaluated
+    detail = json.loads((out / "evaluation.json").read_text())
+    table = pd.read_csv(out / "per_volume.csv")
+    table["seed"] = table["seed"].astype("Int64")
+    acq = {v: h5py.File(tiny_fastmri / "test" / v).attrs["acquisition"] for v in set(table["volume"])}
+    by = detail["comparisons_by_acquisition"]
+    assert sorted(by) == sorted(set(acq.values()))
+    for a, g in by.items():
+        part = table[table["volume"].map(acq) == a]
+        assert g["n_volumes"] == part["volume"].nunique()
+        assert set(g["comparisons"]) == {"weighted_vs_baseline", "oracle_vs_baseline"}
+        assert set(g["comparisons"]["oracle_vs_baseline"]) == {"roi_psnr", "psnr"}
+        assert g["comparisons"]["oracle_vs_baseline"]["psnr"]["delta"] == pytest.approx(
+            compare(part, "oracle", "baseline", "psnr", n_resamples=1000)["delta"], abs=2e-6)
+    # two contrasts, made up: each group's numbers are those of its own volumes
+    rng = np.random.default_rng(3)
+    rows = [{"variant": v, "seed": s, "volume": f"v{k}", "split": "test", "n_slices": 4, "n_roi_slices": 1,
+             **{m: 20.0 + k + rng.normal(0, 0.2) + (1.0 if v == "oracle" and k >= 3 else 0.0) for m in ALL}}
+            for v in ("baseline", "weighted", "oracle") for s in (0, 1) for k in range(6)]
+    made_up = pd.DataFrame(rows)
+    made_up["seed"] = made_up["seed"].astype("Int64")
+    contrast = {f"v{k}": "CORPD_FBK" if k < 3 else "CORPDFS_FBK" for k in range(6)}
+    _, detail = summarize(made_up, n_resamples=200, acquisitions=contrast)
+    groups = detail["comparisons_by_acquisition"]
+    assert list(groups) == ["CORPDFS_FBK", "CORPD_FBK"]
+    assert groups["CORPDFS_FBK"]["n_volumes"] == groups["CORPD_FBK"]["n_volumes"] == 3
+    fs = groups["CORPDFS_FBK"]["comparisons"]["oracle_vs_baseline"]["roi_psnr"]
+    assert fs["delta"] == pytest.approx(compare(made_up[made_up["volume"].isin(["v3", "v4", "v5"])], "oracle",
+                                                "baseline", "roi_psnr", n_resamples=200)["delta"])
+    assert fs["delta"] > 0.5 > abs(groups["CORPD_FBK"]["comparisons"]["oracle_vs_baseline"]["roi_psnr"]["delta"])
+    assert "comparisons_by_acquisition" not in summarize(made_up, n_resamples=200)[1]
+    with pytest.raises(KeyError):                  # a volume without a contrast is a bug
+        summarize(made_up, n_resamples=200, acquisitions={"v0": "CORPD_FBK"})
+
+
 def test_figures_and_error_maps(setup, evaluated):
     out, _ = evaluated
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
@@ -250,8 +292,9 @@ def test_figures_and_error_maps(setup, evaluated):
     assert pngs[0].name.endswith("_slice000.png") or pngs[0].name.endswith("_slice001.png")  # an ROI slice
 
 
-def test_val_split_for_tuning(setup, tmp_path):
-    params = write_params(tmp_path / "params.yaml", data={"crop": CROP, "workers": 1, "annotations": None},
+def test_val_split_for_tuning(setup, tiny_fastmri, tmp_path):
+    params = write_params(tmp_path / "params.yaml", data={"raw_dir": str(tiny_fastmri), "crop": CROP, "workers": 1,
+                                                          "annotations": None},
                           unet={**TINY_UNET, "seeds": list(SEEDS)},
                           evaluate={"split": "val", "n_figures": 1, "device": "cpu", "bootstrap_resamples": 1000})
     d = setup

@@ -4,14 +4,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import zarr
 
-from pipeline.errors import BadValue
-from pipeline.evaluation.gradcam_report import score_heatmaps, scores_by_call
+from pipeline.errors import BadValue, InputError
+from pipeline.evaluation.gradcam_report import score_heatmaps, scores_by_call, scores_by_group
 from pipeline.evaluation.reports import write_json
 from pipeline.roi.gradcam import (METHODS, GradCAMSpec, as_str, explainable, feature_geometry, slice_cams,
                                   upsample_aligned, volume_calls, volume_heatmaps)
@@ -330,7 +331,7 @@ def model_file(tmp_path_factory):
 def _gradcam(root: Path, model: Path, out: Path, *extra: str, method: str = "gradcam"):
     params = write_params(out / "params.yaml", data={"annotations": str(root / "synthetic/annotations.csv")},
                           gradcam={"n_overlays": 3, "method": method})
-    return run_cli("gradcam", "--slices", root / "slices.zarr", "--model", model,
+    return run_cli("gradcam", "--slices", root / "slices.zarr", "--raw-dir", root / "synthetic/fastmri", "--model", model,
                    "--annotations", root / "synthetic/annotations.csv", "--out", out / "heatmaps.zarr",
                    "--metrics", out / "gradcam.json", "--detail", out / "gradcam_detail.json",
                    "--overlays", out / "overlays", "--params", params, *extra)
@@ -412,6 +413,17 @@ def test_gradcam_stage_writes_aligned_store_scores_and_overlays(tiny_data, model
     assert lp["abnormal"]["pointing_game_15px"] == detail["location_prior"]["pointing_game_15px"]
     assert lp["normal"]["n_slices"] == 0
     assert "on the 2 annotated volumes MRNet calls abnormal pointing game at 15 px" in res.output
+    # split by each volume's contrast, as its fastMRI file names it
+    acq = {v: h5py.File(tiny_data / "synthetic/fastmri/test" / v).attrs["acquisition"] for v in test_names}
+    by_acq, prior_by_acq = detail["by_acquisition"], detail["location_prior_by_acquisition"]
+    assert list(by_acq) == list(prior_by_acq) == sorted(set(acq.values()))
+    for a, group in by_acq.items():
+        mine = [k for k in annotated if acq[k[0]] == a]
+        assert (group["n_volumes"], group["n_slices"]) == (len({v for v, _ in mine}), len(mine))
+        assert group["pointing_game_15px"]["mean"] == pytest.approx(
+            np.mean([pointing_hit(maps[annotated.index(k)], boxes[k], 3.0) for k in mine]))
+    assert sum(g["n_slices"] for g in by_acq.values()) == o["n_slices"]
+    assert "gradcam: by contrast, pointing game at 15 px" in res.output
 
 
 def test_gradcam_stage_calls_volumes_at_the_models_threshold(tiny_data, tmp_path):
@@ -478,6 +490,16 @@ def test_gradcam_stage_bad_inputs(tiny_data, model_file, tmp_path):
         expected = "target must have rank 3" if case == "rank" else "split 'val' is empty"
         assert expected in res.stderr and res.stderr.strip().count("\n") == 0
         assert not any(p.exists() for p in _outputs(d)) and not list(d.glob(".tmp-*"))
+
+    # fastMRI files that are not there (the contrast of each scored volume comes from its file)
+    d = tmp_path / "raw"
+    d.mkdir()
+    params = write_params(d / "params.yaml", data={"annotations": str(tiny_data / "synthetic/annotations.csv")})
+    res = run_cli("gradcam", "--slices", tiny_data / "slices.zarr", "--raw-dir", d / "nowhere", "--model", model_file,
+                  "--annotations", tiny_data / "synthetic/annotations.csv", "--out", d / "heatmaps.zarr",
+                  "--metrics", d / "gradcam.json", "--overlays", d / "overlays", "--params", params)
+    assert res.exit_code == 1 and "nowhere/test: split directory is missing" in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and not any(p.exists() for p in _outputs(d))
 
     # a layer that is not in the trunk
     d = tmp_path / "layer"
@@ -561,6 +583,61 @@ def _store(path: Path, kind_rows: dict[str, np.ndarray], names: list[str]) -> Pa
         g.create_array(name, data=np.asarray(rows, np.float32), config=every_chunk)
     finish_store(root)
     return path
+
+
+def test_scores_split_by_acquisition(tmp_path):
+    """The same two volumes (the map of `a` in its box, that of `b` far away) of two contrasts: each
+    contrast scored apart, groups in sorted order, maps and prior alike; one contrast: one group."""
+    heat = np.zeros((2, 16, 16), np.float32)
+    heat[0, 3, 3] = 1.0
+    heat[1, 14, 14] = 1.0
+    names = ["a.h5", "b.h5"]
+    slices = _store(tmp_path / "slices.zarr", {"target": np.ones((2, 16, 16))}, names)
+    heatmaps = _store(tmp_path / "heatmaps.zarr", {"heatmap": heat}, names)
+    boxes = {(v, 0): [((2, 2, 4, 4), "Meniscus Tear")] for v in names}
+    prior = np.zeros((16, 16), np.float32)
+    prior[14, 14] = 1.0                           # where b's map peaks: misses both boxes
+
+    def score(acquisitions, out):
+        return score_heatmaps(heatmaps, slices, "test", boxes, 0, tmp_path / out, {v: 1.0 for v in names},
+                              n_resamples=200, prior=prior, acquisitions=acquisitions)
+
+    scores = score({"a.h5": "CORPDFS_FBK", "b.h5": "CORPD_FBK"}, "ov1")
+    assert list(scores["by_acquisition"]) == ["CORPDFS_FBK", "CORPD_FBK"] and "by_call" not in scores
+    fs, pd_ = scores["by_acquisition"]["CORPDFS_FBK"], scores["by_acquisition"]["CORPD_FBK"]
+    assert (fs["n_volumes"], fs["n_slices"], pd_["n_volumes"], pd_["n_slices"]) == (1, 1, 1, 1)
+    for q in ("pointing_game", "pointing_game_15px", "energy_in_box"):
+        assert fs[q]["mean"] == 1.0 and pd_[q]["mean"] == 0.0, q
+    prior_groups = scores["location_prior_by_acquisition"]
+    assert prior_groups["CORPDFS_FBK"]["pointing_game"]["mean"] == prior_groups["CORPD_FBK"]["pointing_game"]["mean"] == 0.0
+    one = score({"a.h5": "CORPD_FBK", "b.h5": "CORPD_FBK"}, "ov2")["by_acquisition"]
+    assert list(one) == ["CORPD_FBK"] and one["CORPD_FBK"]["n_slices"] == 2
+    assert one["CORPD_FBK"]["pointing_game"]["mean"] == 0.5
+    with pytest.raises(KeyError):                  # a scored volume without a contrast is a bug
+        scores_by_group([("c.h5", {})], {"a.h5": "CORPD_FBK"})
+
+
+def test_split_acquisitions_reads_the_files_attribute(tmp_path):
+    """{file: acquisition} from the split's files (test carved out of val too); a file without the
+    attribute is `unknown`; a name the split has no file for is one InputError naming it."""
+    from pipeline.io.fastmri import UNKNOWN_ACQUISITION, list_split, split_acquisitions
+
+    for split, names in (("train", ["t0.h5"]), ("val", [f"v{i}.h5" for i in range(6)])):
+        (tmp_path / split).mkdir()
+        for i, name in enumerate(names):
+            with h5py.File(tmp_path / split / name, "w") as f:
+                f.attrs["patient_id"] = f"p{split}{i}"
+                if name != "v5.h5":
+                    f.attrs["acquisition"] = "CORPD_FBK" if i % 2 else "CORPDFS_FBK"
+    assert split_acquisitions(tmp_path, "train", ["t0.h5"]) == {"t0.h5": "CORPDFS_FBK"}
+    val = split_acquisitions(tmp_path, "val", ["v0.h5", "v1.h5", "v5.h5"])
+    assert val == {"v0.h5": "CORPDFS_FBK", "v1.h5": "CORPD_FBK", "v5.h5": UNKNOWN_ACQUISITION}
+    expected = {f"v{i}.h5": "CORPD_FBK" if i % 2 else "CORPDFS_FBK" for i in range(5)} | {"v5.h5": UNKNOWN_ACQUISITION}
+    carved = [f.name for f in list_split(tmp_path, "test", test_from_val=0.5)]
+    assert split_acquisitions(tmp_path, "test", carved, test_from_val=0.5) == {v: expected[v] for v in carved}
+    kept = next(v for v in expected if v not in carved)          # in val, not carved into test
+    with pytest.raises(InputError, match=f"{kept}: no such fastMRI file in the test split"):
+        split_acquisitions(tmp_path, "test", [kept], test_from_val=0.5)
 
 
 def test_scores_split_by_the_classifiers_call(tmp_path):

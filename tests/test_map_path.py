@@ -106,7 +106,8 @@ def test_maps_point_at_the_planted_blobs_through_the_real_stages(blob_data, tmp_
     save_mrnet(tmp_path / "mrnet.pt", model, config)
     params = write_params(tmp_path / "params.yaml", data={"annotations": str(blob_data / "annotations.csv")},
                           gradcam={"method": method, "layer": layer, "n_overlays": 0, "smooth_sigma": 1.0})
-    res = run_cli("gradcam", "--slices", blob_data / "slices.zarr", "--model", tmp_path / "mrnet.pt",
+    res = run_cli("gradcam", "--slices", blob_data / "slices.zarr", "--raw-dir", blob_data / "fastmri",
+                  "--model", tmp_path / "mrnet.pt",
                   "--annotations", blob_data / "annotations.csv", "--out", tmp_path / "heatmaps.zarr",
                   "--metrics", tmp_path / "gradcam.json", "--detail", tmp_path / "gradcam_detail.json",
                   "--overlays", tmp_path / "overlays", "--params", params)

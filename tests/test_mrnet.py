@@ -395,3 +395,34 @@ def test_train_mrnet_stage_bad_inputs(tmp_path):
     res = run(one_class)
     assert res.exit_code == 1 and "needs at least 2 normal and 2 abnormal" in res.stderr
     assert not any(p.exists() for p in outs.values())
+
+
+def test_mrnet_contrast_benchmark_trains_on_each_contrast_apart(tmp_path):
+    """benchmarks/mrnet_contrast.py on tiny synthetic exams: one run on every training exam and one
+    per contrast on that contrast's exams only, each scored within each contrast of its own tune
+    hold-out (the one train_mrnet held out), never on the test exams."""
+    from benchmarks.mrnet_contrast import main
+    from pipeline.synthetic.dataset import SyntheticSpec, exam_acquisitions, write_mrnet_exams
+
+    exams = {"train": 24, "valid": 4}
+    write_mrnet_exams(tmp_path / "mrnet", SyntheticSpec(recon_size=32, exams=exams, exam_slices=2, lesion_rate=0.5),
+                      seed=5)
+    params = write_params(tmp_path / "params.yaml", seed=5, synthetic={"exams": exams},
+                          mrnet={"data_dir": str(tmp_path / "mrnet"), "image_size": 64, "epochs": 1,
+                                 "tune_fraction": 0.25, "device": "cpu"})
+    main(["--params", str(params), "--out", str(tmp_path / "contrast.json")])
+    runs = json.loads((tmp_path / "contrast.json").read_text())["runs"]
+    acq = exam_acquisitions(exams, seed=5)
+    train = list_exams("synthetic", tmp_path / "mrnet", "train")
+    contrasts = sorted({acq[e.id] for e in train})
+    assert list(runs) == ["all", *contrasts]
+    assert runs["all"]["n_train_exams"] == len(train)
+    _, tune = tune_split(train, 0.25, 0)
+    assert {a: g["n"] for a, g in runs["all"]["tune_auc_by_acquisition"].items()} == {
+        a: sum(acq[e.id] == a for e in tune) for a in contrasts}
+    for a in contrasts:
+        mine = [e for e in train if acq[e.id] == a]
+        assert runs[a]["n_train_exams"] == len(mine)
+        assert list(runs[a]["tune_auc_by_acquisition"]) == [a]
+        assert runs[a]["tune_auc_by_acquisition"][a]["n"] == len(tune_split(mine, 0.25, 0)[1])
+        assert 0.0 <= runs[a]["fit_auc_last_epoch"] <= 1.0

@@ -145,10 +145,10 @@ def test_damaged_store_fails_train_unet_in_one_line_writing_nothing(stores, tmp_
                                   ("deleted-shard", "flipped-byte-in-shard", "deleted-std-chunk",
                                    "corrupt-shard-index", "no-completion-record", "std-zero")],
                          ids=lambda c: c[0])
-def test_damaged_store_fails_evaluate_in_one_line_writing_nothing(stores, tmp_path, case):
+def test_damaged_store_fails_evaluate_in_one_line_writing_nothing(stores, tiny_fastmri, tmp_path, case):
     _, damage, store, names = case
     d = _copy(stores, tmp_path / "d")
-    write_params(d / "params.yaml", data={"crop": 32, "workers": 1, "annotations": None},
+    write_params(d / "params.yaml", data={"raw_dir": str(tiny_fastmri), "crop": 32, "workers": 1, "annotations": None},
                  unet={**TINY_UNET, "seeds": [0]}, evaluate={"n_figures": 2, "device": "cpu", "split": "test"})
     models = d / "models"
     cfg = model_config("fastmri", TINY_UNET["chans"], TINY_UNET["num_pool_layers"], 0.0, True)

@@ -27,8 +27,8 @@ from pipeline.io.annotations import (COLUMNS, from_fastmri_plus, read_annotation
 from pipeline.synthetic.phantom import render_knee
 from pipeline.synthetic.fastmri_plus_knee import FRAME_AREA_QUANTILES, KNEE_LABELS, SHARE_UNDER_400_PX_AT_320
 from pipeline.synthetic.lesions import LESION_KINDS
-from pipeline.synthetic.dataset import (SyntheticSpec, synth_volume, synthesize, total_units, write_fastmri,
-                                        write_mrnet_exams)
+from pipeline.synthetic.dataset import (SyntheticSpec, exam_acquisitions, synth_volume, synthesize, total_units,
+                                        write_fastmri, write_mrnet_exams)
 
 
 def FULL_MASK(shape, offset=None, seed=None):
@@ -486,6 +486,23 @@ def test_mrnet_exam_layout(tmp_path):
     assert set(boxes.case) == {c for c, v in labels.items() if v == 1}
     assert (boxes.row0 >= 0).all() and ((boxes.row0 + boxes.height) <= 32).all()
     assert ((boxes.col0 + boxes.width) <= 32).all() and (boxes.slice < 3).all()
+
+
+def test_exam_acquisitions_name_each_written_exams_contrast(tmp_path):
+    """`exam_acquisitions` gives every written exam's id and the contrast it is rendered with (its
+    generator: [seed, 1, split index, index], the module's stream contract), without rendering it."""
+    spec = _spec(recon_size=32, exams={"train": 12, "valid": 6}, exam_slices=2, lesion_rate=0.5)
+    write_mrnet_exams(tmp_path, spec, seed=3)
+    acq = exam_acquisitions(spec.exams, seed=3)
+    assert sorted(acq) == sorted(p.stem for p in tmp_path.rglob("*.npy"))
+    assert set(acq.values()) == {"CORPD_FBK", "CORPDFS_FBK"}
+    enc = encoding_for(32)
+    rendered = [render_knee(np.random.default_rng([3, 1, split_index, i]), 1, enc.grid, lesion=True,
+                            fov_shape=(32, 32)).acquisition
+                for split_index, n in enumerate((12, 6)) for i in range(n)]
+    assert [acq[c] for c in sorted(acq)] == rendered
+    # a valid exam is drawn from (split, index): the same contrast whatever the train count, its id shifted
+    assert list(exam_acquisitions({"valid": 6}, seed=3).values()) == rendered[12:]
 
 
 def test_exams_are_other_subjects_than_volumes(tmp_path):

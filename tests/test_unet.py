@@ -62,7 +62,8 @@ def fake_heatmaps(slices: Path, out: Path, *, order=None, drop_last: bool = Fals
 def build_stores(raw: Path, out: Path) -> Path:
     """slices + undersampled stores (via the prepare/undersample stages) and fake heatmaps, crop 32."""
     out.mkdir(parents=True, exist_ok=True)
-    params = write_params(out / "params.yaml", data={"crop": CROP, "workers": 1, "annotations": None},
+    params = write_params(out / "params.yaml", data={"raw_dir": str(raw), "crop": CROP, "workers": 1,
+                                                     "annotations": None},
                           unet=TINY_UNET, evaluate={"n_figures": 2, "device": "cpu"})
     for stage, name in (("prepare", "slices.zarr"), ("undersample", "undersampled.zarr")):
         r = run_cli(stage, "--raw-dir", raw, "--out", out / name, "--params", params)

@@ -45,6 +45,7 @@ SOURCE_FILES = {
     "bench_mrnet_device": "reports/bench/mrnet_device.json",
     "bench_roi_frontier": "reports/bench/roi_frontier.json",
     "bench_mrnet_evidence": "reports/bench/mrnet_evidence.json",
+    "bench_mrnet_contrast": "reports/bench/mrnet_contrast.json",
 }
 assert set(SOURCE_FILES) == set(SOURCES)
 

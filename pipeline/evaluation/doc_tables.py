@@ -29,7 +29,8 @@ SOURCES = ("params", "metrics", "evaluation", "mrnet", "mrnet_detail", "gradcam"
            "bench_gradcam_methods", "bench_mrnet_seeds", "bench_mrnet_long", "bench_mrnet_tune",
            "x8_metrics", "x8_evaluation",
            "bench_undersample", "bench_unet_training", "bench_stage_memory", "bench_gpu_training",
-           "bench_mrnet_device", "bench_contention", "bench_roi_frontier", "bench_mrnet_evidence")
+           "bench_mrnet_device", "bench_contention", "bench_roi_frontier", "bench_mrnet_evidence",
+           "bench_mrnet_contrast")
 
 
 # ---------------------------------------------------------------- values and cells
@@ -223,6 +224,27 @@ def comparisons_table(metrics: Mapping, evaluation: Mapping) -> str:
     return table(("comparison", "interval", *(h for _, h, _, _ in RESULT_METRICS)), rows) + "\n\n" + note
 
 
+def contrast_comparisons_table(evaluation: Mapping) -> str:
+    """Each comparison with the baseline on the volumes of one contrast at a time (evaluate's
+    `comparisons_by_acquisition`): ROI PSNR and PSNR, the two-level interval and its t-test p."""
+    groups = evaluation.get("comparisons_by_acquisition") or {}
+    rows = []
+    for acq, g in groups.items():
+        comparisons = g.get("comparisons") or {}
+        for i, name in enumerate(n for n in _comparison_names({}, {"comparisons": comparisons}) if n in comparisons):
+            cells = [estimate(lookup(comparisons, f"{name}.{m}.delta"), lookup(comparisons, f"{name}.{m}.ci95_low"),
+                              lookup(comparisons, f"{name}.{m}.ci95_high"), lookup(comparisons, f"{name}.{m}.p"), dfmt)
+                     for m, _, _, dfmt in RESULT_METRICS if m in ("roi_psnr", "psnr")]
+            label = (f"`{acq}` ({num(g.get('n_volumes'), '{:d}')} volumes, "
+                     f"{num(g.get('n_roi_volumes'), '{:d}')} with boxes)") if i == 0 else ""
+            rows.append((label, _label(name), *cells))
+    headers = [h for m, h, _, _ in RESULT_METRICS if m in ("roi_psnr", "psnr")]
+    note = ("Each contrast's volumes alone (the fastMRI files' `acquisition`: `CORPD_FBK` proton density, "
+            "`CORPDFS_FBK` with fat suppression); delta, 95% two-level t interval over training seeds and "
+            "those volumes, t-test p. A split made after the maps' own split by contrast, not planned before.")
+    return table(("contrast", "comparison", *headers), rows or [(MISSING, MISSING, MISSING, MISSING)]) + "\n\n" + note
+
+
 POWER_METRICS = (("roi_psnr", "ROI PSNR"), ("psnr", "PSNR"))
 
 
@@ -303,7 +325,8 @@ def localisation_table(gradcam: Mapping, gradcam_detail: Mapping) -> str:
     boxes and chance (gradcam's detail; the tracked means where it is missing). Where the detail
     splits the maps' scores by MRNet's call on each volume (`by_call`), the volumes it calls
     abnormal and those it calls normal get a row each after the maps' row, each followed by the
-    location prior on the same volumes where the detail has it (`location_prior_by_call`)."""
+    location prior on the same volumes where the detail has it (`location_prior_by_call`); the same
+    for each contrast (the fastMRI `acquisition`) where it splits them by that (`by_acquisition`)."""
     d = gradcam_detail
     overall, prior = d.get("overall", {}), d.get("location_prior", {})
     tracked = lookup(gradcam, "test", {})
@@ -319,14 +342,16 @@ def localisation_table(gradcam: Mapping, gradcam_detail: Mapping) -> str:
 
     maps = f"MRNet {_method_name(d.get('method'))}, `{d.get('layer', MISSING)}`" if d.get("method") else "MRNet maps"
     by_call = d.get("by_call") if isinstance(d.get("by_call"), Mapping) else {}
-    prior_by_call = d.get("location_prior_by_call") if isinstance(d.get("location_prior_by_call"), Mapping) else {}
-    groups = (("abnormal", "MRNet maps, volumes MRNet calls abnormal"),
-              ("normal", "MRNet maps, volumes it calls normal"))
+    by_acquisition = d.get("by_acquisition") if isinstance(d.get("by_acquisition"), Mapping) else {}
+    groups = [("by_call", "abnormal", "MRNet maps, volumes MRNet calls abnormal"),
+              ("by_call", "normal", "MRNet maps, volumes it calls normal")] if by_call else []
+    groups += [("by_acquisition", acq, f"MRNet maps, `{acq}` volumes") for acq in by_acquisition]
     split_rows = []
-    for group, label in (groups if by_call else ()):
-        split_rows.append((counted(label, by_call.get(group) or {}), *cells(by_call.get(group) or {}, {})))
-        if prior_by_call:
-            split_rows.append(("location prior, the same volumes", *cells(prior_by_call.get(group) or {}, {})))
+    for key, group, label in groups:
+        split_rows.append((counted(label, d[key].get(group) or {}), *cells(d[key].get(group) or {}, {})))
+        prior_groups = d.get(f"location_prior_{key}")
+        if isinstance(prior_groups, Mapping):
+            split_rows.append(("location prior, the same volumes", *cells(prior_groups.get(group) or {}, {})))
     rows = [(maps, *cells(overall, tracked)), *split_rows,
             ("location prior (mean box mask of the training slices)", *cells(prior, tracked.get("location_prior", {}))),
             ("chance", *cells(overall, {}, chance=True))]
@@ -334,6 +359,9 @@ def localisation_table(gradcam: Mapping, gradcam_detail: Mapping) -> str:
     if by_call:
         caption += (f" MRNet calls a volume abnormal at P(abnormal) ≥ {num(lookup(d, 'calls.threshold'), '{:.3f}')}"
                     f" (its threshold, chosen on its tune hold-out).")
+    if by_acquisition:
+        caption += (" Contrast: the fastMRI files' `acquisition` (knee: `CORPD_FBK` proton density, `CORPDFS_FBK`"
+                    " the same with fat suppression).")
     return caption + "\n\n" + table(("map", *(h for _, h, _ in LOCALISATION)), rows)
 
 
@@ -353,26 +381,33 @@ def classifier_table(mrnet: Mapping, mrnet_detail: Mapping) -> str:
 
 def mrnet_seeds_table(seeds: Mapping, long: Mapping) -> str:
     """MRNet retrained per seed (benchmarks/mrnet_seeds.py: `mrnet_seeds` at the default epochs and
-    `mrnet_long` with more): test and tune AUC, AUC on the exams with small and large lesions, and
-    the maps' pointing game at 15 px where measured."""
+    `mrnet_long` with more): test and tune AUC, AUC on the exams with small and large lesions and
+    within each contrast where measured, and the maps' pointing game at 15 px where measured."""
+    runs = [(bench, k, r) for bench in (seeds, long)
+            for k, r in sorted((bench.get("runs") or {}).items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)]
+    acquisitions = sorted({a for _, _, r in runs for a in (r.get("auc_by_acquisition") or {})})
     rows = []
     for bench in (seeds, long):
-        for k, r in sorted((bench.get("runs") or {}).items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
+        for _, k, r in (run for run in runs if run[0] is bench):
+            by_acq = r.get("auc_by_acquisition") or {}
             rows.append((k, num(bench.get("epochs"), "{:d}"), num(r.get("test_auc")), num(r.get("tune_auc")),
                          num(r.get("best_epoch"), "{:d}"), num(r.get("auc_small_lesions")),
-                         num(r.get("auc_large_lesions")), num(r.get("test_pointing_game_15px"))))
+                         num(r.get("auc_large_lesions")), *(num(lookup(by_acq, f"{a}.auc")) for a in acquisitions),
+                         num(r.get("test_pointing_game_15px"))))
         if len(bench.get("runs") or {}) > 1:
             rows.append(("mean ± SD", num(bench.get("epochs"), "{:d}"),
                          f"{num(bench.get('test_auc_mean'))} ± {num(bench.get('test_auc_sd'), '{:.3f}')}",
-                         "", "", "", "", ""))
+                         "", "", "", "", *("" for _ in acquisitions), ""))
     n = seeds.get("n_test_exams") or long.get("n_test_exams")
     maps = [f"{_method_name(lookup(b, 'gradcam.method'))} at `{lookup(b, 'gradcam.layer')}` ({b.get('epochs')} epochs)"
             for b in (seeds, long) if lookup(b, "gradcam.layer")]
     caption = (f"Test AUC on {num(n, '{:d}')} exams; small and large lesions: the abnormal exams whose largest "
                f"box is below or above the median, each against all normal exams."
+               + (" Per contrast: the exams drawn with that `acquisition` only, normal and abnormal." if acquisitions else "")
                + (f" Maps: {'; '.join(maps)}." if maps else ""))
     return caption + "\n\n" + table(("seed", "epochs", "test AUC", "tune AUC", "best epoch", "AUC, small lesions",
-                                     "AUC, large lesions", "pointing game at 15 px"), rows)
+                                     "AUC, large lesions", *(f"AUC, `{a}`" for a in acquisitions),
+                                     "pointing game at 15 px"), rows)
 
 
 def mrnet_tune_table(tune: Mapping) -> str:
@@ -426,6 +461,9 @@ BENCHMARKS = (
     ("bench_mrnet_evidence", "mrnet_evidence", "`benchmarks/mrnet_evidence.py`: MRNet's logit with the val "
      "boxes occluded and with same-size regions elsewhere occluded; the maps' pointing game on the volumes it "
      "calls abnormal and normal", "the same volume unoccluded; occlusion elsewhere"),
+    ("bench_mrnet_contrast", "mrnet_contrast", "`benchmarks/mrnet_contrast.py`: MRNet's default recipe trained "
+     "on all the training exams and on those of one contrast only; tune AUC within each contrast, fit AUC",
+     "the other contrast; the same recipe on all the exams"),
     ("bench_roi_frontier", "roi_frontier", "`benchmarks/roi_frontier.py`: the ROI weighting's settings on val, "
      "oracle and Grad-CAM against the baseline", "the baseline of the same capacity and loss, same seeds "
      "(rule fixed before it)"),
@@ -532,6 +570,13 @@ def _bench_latest(key: str, b: Mapping) -> str:
                          f"at 15 px {num(lookup(g, 'maps.pointing_game_15px.mean'))} (the prior "
                          f"{num(lookup(g, 'location_prior.pointing_game_15px.mean'))})")
         return "; ".join(parts) + " (medians, val)"
+    if key == "bench_mrnet_contrast":
+        parts = []
+        for trained_on, r in (b.get("runs") or {}).items():
+            within = ", ".join(f"`{a}` {num(g.get('auc'))}" for a, g in (r.get("tune_auc_by_acquisition") or {}).items())
+            parts.append(f"trained on {'every exam' if trained_on == 'all' else f'`{trained_on}` only'}: tune AUC "
+                         f"{within}, fit AUC {num(r.get('fit_auc_last_epoch'))}")
+        return "; ".join(parts) or MISSING
     if key == "bench_roi_frontier":
         chosen = b.get("chosen")
         row = next((r for r in b.get("settings") or [] if r.get("name") == chosen), {})
@@ -559,6 +604,7 @@ BLOCKS: dict[str, Block] = {
     "params": Block(params_table, ("params",)),
     "results-variants": Block(variants_table, ("metrics", "evaluation")),
     "results-comparisons": Block(comparisons_table, ("metrics", "evaluation")),
+    "results-by-contrast": Block(contrast_comparisons_table, ("evaluation",)),
     "power-components": Block(components_table, ("metrics", "evaluation")),
     "power-projection": Block(projection_table, ("metrics", "evaluation")),
     "gradcam-methods": Block(gradcam_methods_table, ("bench_gradcam_methods", "params")),

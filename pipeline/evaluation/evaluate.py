@@ -12,7 +12,8 @@ comparison delta/ci95_low/ci95_high/p of roi_psnr and psnr, the two-level ones),
 (everything else: every variant's means with intervals, zero-filled's included (a reference that
 only data and mask move), all comparisons with their variance components and `volume_only` interval
 and Wilcoxon p, the half-width projected for more seeds, seed SDs, per-seed means, counts, the
-Grad-CAM variant's share of the oracle's ROI gain; no timings), the long per-volume CSV and the
+Grad-CAM variant's share of the oracle's ROI gain, the comparisons on each contrast's volumes alone
+(fastMRI's `acquisition`: with or without fat suppression); no timings), the long per-volume CSV and the
 reconstructions store (`<split>/zero_filled`, `<split>/<variant>/seed<k>`, in target units).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -201,16 +202,20 @@ def variant_intervals(table: pd.DataFrame, variant: str, metrics: Sequence[str],
             for m in metrics}
 
 
-def summarize_evaluation(ev: Evaluation, n_resamples: int) -> tuple[dict, dict, pd.DataFrame]:
+def summarize_evaluation(ev: Evaluation, n_resamples: int, acquisitions: Optional[Mapping[str, str]] = None
+                         ) -> tuple[dict, dict, pd.DataFrame]:
     """(tracked metrics, detail, per-volume table) of an evaluation: `summarize` of its per-volume
     rows. Quality only: inference latency is measured by benchmarks/unet_training.py."""
     table = per_volume_table(ev.per_volume)
-    tracked, detail = summarize(table, n_resamples)
+    tracked, detail = summarize(table, n_resamples, acquisitions=acquisitions)
     return tracked, detail, table
 
 
-def summarize(table: pd.DataFrame, n_resamples: int, seed: int = 0) -> tuple[dict, dict]:
-    """(tracked metrics, detail) from the per-volume table; see the module doc for what goes where."""
+def summarize(table: pd.DataFrame, n_resamples: int, seed: int = 0,
+              acquisitions: Optional[Mapping[str, str]] = None) -> tuple[dict, dict]:
+    """(tracked metrics, detail) from the per-volume table; see the module doc for what goes where.
+    With `acquisitions` ({volume: its fastMRI `acquisition`}), the detail also holds every
+    comparison on the volumes of each contrast alone (`comparisons_by_acquisition`)."""
     variants = [v for v in (ZERO_FILLED,) + MODEL_VARIANTS if v in set(table["variant"])]
     comparisons = compare_all(table, ROI_VARIANTS, REFERENCE, COMPARED, n_resamples=n_resamples, seed=seed)
     means = {v: variant_means(table, v) for v in variants}
@@ -235,11 +240,29 @@ def summarize(table: pd.DataFrame, n_resamples: int, seed: int = 0) -> tuple[dic
         "comparisons": _clean(comparisons),
         "projected_half_width": _clean(_projections(comparisons)),
     }
+    if acquisitions is not None:
+        detail["comparisons_by_acquisition"] = comparisons_by_acquisition(table, acquisitions, n_resamples, seed)
     if {"weighted", "oracle", REFERENCE} <= set(table["variant"]):
         detail["weighted_share_of_oracle_gain"] = _clean(
             {m: share_of_gain(table, "weighted", "oracle", REFERENCE, m, n_resamples=n_resamples, seed=seed)
              for m in ("roi_psnr", "roi_ssim")})
     return metrics, detail
+
+
+def comparisons_by_acquisition(table: pd.DataFrame, acquisitions: Mapping[str, str], n_resamples: int,
+                               seed: int = 0) -> dict:
+    """{acquisition: {"n_volumes", "n_roi_volumes", "comparisons"}}: the comparisons of `summarize`
+    (ROI PSNR and PSNR) on the volumes of one contrast at a time (`acquisitions`: {volume: its
+    fastMRI `acquisition`}, every volume of the table in it)."""
+    contrast = table["volume"].map(lambda v: acquisitions[v])
+    out = {}
+    for acq in sorted(set(contrast)):
+        rows = table[contrast == acq]
+        vols = rows.drop_duplicates("volume")
+        out[acq] = {"n_volumes": int(len(vols)), "n_roi_volumes": int((vols["n_roi_slices"] > 0).sum()),
+                    "comparisons": _clean(compare_all(rows, ROI_VARIANTS, REFERENCE, TRACKED_COMPARED,
+                                                      n_resamples=n_resamples, seed=seed))}
+    return out
 
 
 def _projections(comparisons: dict) -> dict:

@@ -11,7 +11,7 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import h5py
 import numpy as np
@@ -21,6 +21,7 @@ from pipeline.errors import BadValue, InputError, first_line
 ISMRMRD_NS = {"m": "http://www.ismrm.org/ISMRMRD"}
 TARGET_KEY = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
 KSPACE_RANK = {"singlecoil": 3, "multicoil": 4}
+UNKNOWN_ACQUISITION = "unknown"
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,26 @@ def list_split(raw_dir: Path | str, split: str, *, test_from_val: float = 0.0) -
     except BadValue as exc:  # carve_val's `fraction`
         raise BadValue("test_from_val", exc.problem) from None
     return val if split == "val" else test
+
+
+def split_acquisitions(raw_dir: Path | str, split: str, names: Sequence[str], *,
+                       test_from_val: float = 0.0) -> dict[str, str]:
+    """{file name: its `acquisition` attribute} for the named files of one split (`list_split`'s
+    files; fastMRI knee: `CORPD_FBK`, proton density, or `CORPDFS_FBK`, with fat suppression;
+    `UNKNOWN_ACQUISITION` for a file without the attribute). A name with no such file, or a file
+    that cannot be read, is an InputError naming it."""
+    files = {f.name: f for f in list_split(raw_dir, split, test_from_val=test_from_val)}
+    out = {}
+    for name in names:
+        if name not in files:
+            raise InputError(f"{Path(raw_dir) / split / name}: no such fastMRI file in the {split} split")
+        try:
+            with h5py.File(files[name], "r") as h5:
+                value = h5.attrs.get("acquisition", UNKNOWN_ACQUISITION)
+        except OSError as exc:
+            raise InputError(f"{files[name]}: unreadable HDF5 file ({first_line(exc)})") from None
+        out[name] = value.decode() if isinstance(value, bytes) else str(value)
+    return out
 
 
 def _h5_files(d: Path) -> list[Path]:

@@ -44,7 +44,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import h5py
 import numpy as np
@@ -53,12 +53,13 @@ from pipeline.synthetic.acquisition import acquire_fov, acquire_volume, encoding
 from pipeline.errors import InputError
 from pipeline.io.annotations import to_fastmri_plus, write_annotations
 from pipeline.parallel import OrderedPool, worker_count
+from pipeline.synthetic.anatomy import draw_subject
 from pipeline.synthetic.phantom import render_knee
 from pipeline.synthetic.lesions import Lesion
 from pipeline.portable_math import det_exp, det_rmul
 
 __all__ = ["SyntheticSpec", "write_fastmri", "write_annotations", "write_mrnet_exams", "synthesize",
-           "total_units", "synth_volume", "synth_exam"]
+           "total_units", "synth_volume", "synth_exam", "exam_acquisitions"]
 
 Progress = Optional[Callable[[int], object]]
 FASTMRI_SPLITS = ("train", "val", "test")
@@ -249,13 +250,29 @@ def synth_exam(spec: SyntheticSpec, seed: int, split: str, index: int, lesion: b
                ) -> tuple[np.ndarray, list[Lesion]]:
     """One MRNet-style exam: uint8 (exam_slices, R, R) scaled 0..255, and its lesions."""
     enc = encoding_for(spec.recon_size)
-    rng = np.random.default_rng([seed, 1, MRNET_SPLITS.index(split), index])
+    rng = _exam_rng(seed, split, index)
     vol = render_knee(rng, spec.exam_slices, enc.grid, lesion=lesion,
                       fov_shape=(enc.recon, enc.recon))
     mag = acquire_fov(vol.images, enc, spec.noise, rng)
     lo, hi = float(mag.min()), float(mag.max())
     u8 = np.rint((mag - lo) * (255.0 / max(hi - lo, 1e-12))).clip(0, 255).astype(np.uint8)
     return u8, vol.lesions
+
+
+def _exam_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 1, MRNET_SPLITS.index(split), index])
+
+
+def exam_acquisitions(exams: Mapping[str, int], seed: int) -> dict[str, str]:
+    """{case id: the contrast (`acquisition`) it was drawn with} for the exams `write_mrnet_exams`
+    writes with these counts per split and this seed (the same ids), without rendering them: the
+    subject's first draw decides it (`draw_subject`)."""
+    out, case = {}, 0
+    for split in MRNET_SPLITS:
+        for i in range(exams.get(split, 0)):
+            out[f"{case:04d}"] = draw_subject(_exam_rng(seed, split, i)).acquisition
+            case += 1
+    return out
 
 
 def write_mrnet_exams(out_dir: Path | str, spec: SyntheticSpec, seed: int,
