@@ -23,25 +23,15 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from benchmarks.mrnet_seeds import auc_by_acquisition  # noqa: E402
 from pipeline.evaluation.reports import write_json  # noqa: E402
 from pipeline.models.mrnet import exam_logit  # noqa: E402
 from pipeline.synthetic.dataset import exam_acquisitions  # noqa: E402
-from pipeline.training.mrnet import roc_auc, train_mrnet, tune_split  # noqa: E402
+from pipeline.training.mrnet import train_mrnet, tune_split  # noqa: E402
 from stages.mrnet import exam_splits, train_config  # noqa: E402
 from stages.settings import load_params  # noqa: E402
 
 ALL = "all"
-
-
-def auc_within(model, config: dict, exams, acquisitions: dict[str, str]) -> dict:
-    """{acquisition: AUC over `exams` of that contrast, with their counts}."""
-    score = {e.id: exam_logit(model, e.load(), config) for e in exams}
-    out = {}
-    for acq in sorted({acquisitions[e.id] for e in exams}):
-        group = [e for e in exams if acquisitions[e.id] == acq]
-        out[acq] = {"auc": roc_auc([e.label for e in group], [score[e.id] for e in group]),
-                    "n": len(group), "n_positive": sum(e.label for e in group)}
-    return out
 
 
 def run(train: list, cfg, acquisitions: dict[str, str]) -> dict:
@@ -50,7 +40,8 @@ def run(train: list, cfg, acquisitions: dict[str, str]) -> dict:
     _, tune = tune_split(train, cfg.tune_fraction, cfg.seed)        # the hold-out train_mrnet used
     return {"n_train_exams": len(train), "tune_auc": r.metrics["tune_auc"], "best_epoch": r.metrics["best_epoch"],
             "fit_auc_last_epoch": r.history[-1]["train/auc"], "seconds": round(time.perf_counter() - t0, 1),
-            "tune_auc_by_acquisition": auc_within(r.model, r.config, tune, acquisitions)}
+            "tune_auc_by_acquisition": auc_by_acquisition(
+                {e.id: exam_logit(r.model, e.load(), r.config) for e in tune}, tune, acquisitions)}
 
 
 def main(argv: list[str] | None = None) -> None:

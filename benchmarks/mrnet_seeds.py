@@ -68,15 +68,16 @@ def auc_by_lesion_size(score: dict[str, float], exams, largest: dict[str, float]
 
 
 def auc_by_acquisition(score: dict[str, float], exams, acquisitions: dict[str, str]) -> dict:
-    """Test AUC (`score`: {exam id: logit}) within each contrast the synthetic exams were drawn with
-    (`acquisitions`: {exam id: acquisition}, `pipeline.synthetic.dataset.exam_acquisitions`): the
-    normal and abnormal exams of that contrast only, and their counts."""
+    """{acquisition: AUC} of `exams` (`score`: {exam id: logit}) within each contrast the synthetic
+    exams were drawn with (`acquisitions`: {exam id: acquisition},
+    `pipeline.synthetic.dataset.exam_acquisitions`): the normal and abnormal exams of that contrast
+    only, with their counts."""
     out = {}
     for acq in sorted({acquisitions[e.id] for e in exams}):
         group = [e for e in exams if acquisitions[e.id] == acq]
         out[acq] = {"auc": roc_auc([e.label for e in group], [score[e.id] for e in group]),
                     "n": len(group), "n_positive": sum(e.label for e in group)}
-    return {"auc_by_acquisition": out}
+    return out
 
 
 def localisation(model, config: dict, p, slices: Path) -> dict:
@@ -119,7 +120,7 @@ def main() -> None:
         if largest is not None:
             runs[str(seed)].update(auc_by_lesion_size(score, splits["valid"], largest))
         if acquisitions is not None:
-            runs[str(seed)].update(auc_by_acquisition(score, splits["valid"], acquisitions))
+            runs[str(seed)]["auc_by_acquisition"] = auc_by_acquisition(score, splits["valid"], acquisitions)
         if args.maps:
             runs[str(seed)].update(localisation(r.model, r.config, p, args.slices))
         print(f"seed {seed}: test AUC {r.metrics['test']['auc']:.3f}, tune AUC {r.metrics['tune_auc']:.3f}, "
