@@ -116,7 +116,8 @@ def main() -> None:
         r = train_mrnet(splits["train"], splits["valid"], cfg)
         runs[str(seed)] = {"test_auc": r.metrics["test"]["auc"], "tune_auc": r.metrics["tune_auc"],
                            "best_epoch": r.metrics["best_epoch"], "seconds": round(time.perf_counter() - t0, 1)}
-        score = {e.id: exam_logit(r.model, e.load(), r.config) for e in splits["valid"]}
+        if largest is not None or acquisitions is not None:     # the test logits, once, for both splits
+            score = {e.id: exam_logit(r.model, e.load(), r.config) for e in splits["valid"]}
         if largest is not None:
             runs[str(seed)].update(auc_by_lesion_size(score, splits["valid"], largest))
         if acquisitions is not None:

@@ -224,6 +224,9 @@ def comparisons_table(metrics: Mapping, evaluation: Mapping) -> str:
     return table(("comparison", "interval", *(h for _, h, _, _ in RESULT_METRICS)), rows) + "\n\n" + note
 
 
+CONTRAST_METRICS = tuple(r for r in RESULT_METRICS if r[0] in ("roi_psnr", "psnr"))   # what evaluate splits
+
+
 def contrast_comparisons_table(evaluation: Mapping) -> str:
     """Each comparison with the baseline on the volumes of one contrast at a time (evaluate's
     `comparisons_by_acquisition`): ROI PSNR and PSNR, the two-level interval and its t-test p."""
@@ -232,13 +235,14 @@ def contrast_comparisons_table(evaluation: Mapping) -> str:
     for acq, g in groups.items():
         comparisons = g.get("comparisons") or {}
         for i, name in enumerate(n for n in _comparison_names({}, {"comparisons": comparisons}) if n in comparisons):
-            cells = [estimate(lookup(comparisons, f"{name}.{m}.delta"), lookup(comparisons, f"{name}.{m}.ci95_low"),
-                              lookup(comparisons, f"{name}.{m}.ci95_high"), lookup(comparisons, f"{name}.{m}.p"), dfmt)
-                     for m, _, _, dfmt in RESULT_METRICS if m in ("roi_psnr", "psnr")]
+            cells = []
+            for m, _, _, dfmt in CONTRAST_METRICS:
+                c = lookup(comparisons, f"{name}.{m}", {})
+                cells.append(estimate(c.get("delta"), c.get("ci95_low"), c.get("ci95_high"), c.get("p"), dfmt))
             label = (f"`{acq}` ({num(g.get('n_volumes'), '{:d}')} volumes, "
                      f"{num(g.get('n_roi_volumes'), '{:d}')} with boxes)") if i == 0 else ""
             rows.append((label, _label(name), *cells))
-    headers = [h for m, h, _, _ in RESULT_METRICS if m in ("roi_psnr", "psnr")]
+    headers = [h for _, h, _, _ in CONTRAST_METRICS]
     note = ("Each contrast's volumes alone (the fastMRI files' `acquisition`: `CORPD_FBK` proton density, "
             "`CORPDFS_FBK` with fat suppression); delta, 95% two-level t interval over training seeds and "
             "those volumes, t-test p. A split made after the maps' own split by contrast, not planned before.")
